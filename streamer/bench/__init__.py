@@ -1,0 +1,1 @@
+"""Benchmarks: figures reported by ``streamer bench``, never asserted by tests."""

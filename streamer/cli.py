@@ -1,0 +1,140 @@
+"""Entry point: parses the command line, configures logging (only here) and maps errors to exits.
+
+Subcommands live in ``streamer.commands.<name>``, imported only when chosen so that a quick
+command such as ``check-config`` does not pay for importing redis or aiomqtt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+from streamer import __version__
+from streamer.errors import ConfigError, StreamerError
+
+# name -> module under streamer.commands
+COMMANDS: dict[str, str] = {
+    "run": "run",
+    "check-config": "check_config",
+    "calc": "calc",
+    "simulate": "simulate",
+    "replay": "replay",
+    "watch": "watch",
+    "demo": "demo",
+    "bench": "bench",
+}
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            entry.update(extra)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextLogFormatter(logging.Formatter):
+    """``time level logger event key=value ...`` on one line."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict) and extra:
+            line += " " + " ".join(f"{k}={v}" for k, v in extra.items())
+        return line
+
+
+def configure_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter() if fmt == "json" else TextLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _load(name: str) -> ModuleType:
+    return importlib.import_module(f"streamer.commands.{COMMANDS[name]}")
+
+
+def build_parser(selected: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamer",
+        description="Streaming market-data index calculator: MQTT ticks in, index levels to Redis.",
+    )
+    parser.add_argument("--version", action="version", version=f"streamer {__version__}")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log line format (json for log shippers)")
+    parser.add_argument("--log-level", default="info",
+                        choices=("debug", "info", "warning", "error"))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        # Only the chosen command's module is imported; the others get a bare entry for --help.
+        if name == selected:
+            module = _load(name)
+            p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+            module.add_arguments(p)
+        else:
+            sub.add_parser(name, help=_short_help(name), add_help=False)
+    return parser
+
+
+def _short_help(name: str) -> str:
+    return {
+        "run": "run the service until SIGINT/SIGTERM",
+        "check-config": "validate config and index definitions, print a summary",
+        "calc": "offline calculator over JSON Lines message files",
+        "simulate": "publish a simulated tick feed to the broker",
+        "replay": "replay recorded messages to the broker",
+        "watch": "live terminal view of published index levels",
+        "demo": "local demo: broker, Redis, feed, service and live view",
+        "bench": "benchmarks (kernel, e2e)",
+    }[name]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in args_list if a in COMMANDS), None)
+    parser = build_parser(selected)
+    args = parser.parse_args(args_list)
+    configure_logging(args.log_format, args.log_level)
+    module = _load(args.command)
+    try:
+        code: int = module.main(args)
+    except ConfigError as exc:
+        print(f"streamer: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StreamerError as exc:
+        print(f"streamer: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""``streamer bench kernel|e2e``: report performance figures."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+HELP = "benchmarks: `kernel` (the pure engine) and `e2e` (broker -> service -> Redis)"
+
+_TARGETS = {"kernel": "streamer.bench.kernel", "e2e": "streamer.bench.e2e"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
+    for name, module_name in _TARGETS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+
+
+def main(args: argparse.Namespace) -> int:
+    module = importlib.import_module(_TARGETS[args.target])
+    code: int = module.main(args)
+    return code

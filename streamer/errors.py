@@ -1,0 +1,18 @@
+"""The project's small exception tree; third-party errors are translated into these at the edges."""
+
+
+class StreamerError(Exception):
+    """Base of every error streamer raises on purpose."""
+
+
+class ConfigError(StreamerError):
+    """Invalid service config or index definition; the message names the file, field and problem."""
+
+
+class InputError(StreamerError):
+    """A message that cannot be used (malformed, wrong type); carries a reason code for metrics."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,237 @@
+"""Every message on the wire as a msgspec Struct, and payload decoders built once.
+
+A payload is JSON (first non-blank byte ``{`` or ``[``) or MessagePack, holding one object or
+an array of objects.  The typed decoder handles a well-formed payload in one call; only when
+it fails do we fall back to element-by-element conversion, so that one bad element of a
+batch costs that element, not the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+import msgspec
+
+from streamer.config import ConstituentSpec
+
+MessageKind = Literal["tick", "fx", "reference", "control"]
+
+
+class Tick(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=False):
+    symbol: str
+    price: float
+    ts: int | None = None  # producer's UTC time, integer ns; None: time of receipt
+    seq: int | None = None  # optional, increasing per symbol
+
+
+class FxRate(msgspec.Struct, frozen=True, gc=False):
+    pair: str  # e.g. EURUSD: units of USD per 1 EUR
+    rate: float
+    ts: int | None = None
+
+
+class ReferenceLevel(msgspec.Struct, frozen=True, gc=False):
+    index: str
+    level: float
+    ts: int | None = None
+
+
+class _Action(msgspec.Struct, frozen=True, tag_field="action", forbid_unknown_fields=True,
+              kw_only=True):
+    id: str
+    effective: int | None = None  # UTC ns; None: now
+
+
+class Split(_Action, frozen=True, tag="split"):
+    symbol: str
+    ratio: float
+
+
+class SpecialDividend(_Action, frozen=True, tag="special_dividend"):
+    symbol: str
+    amount: float
+
+
+class Dividend(_Action, frozen=True, tag="dividend"):
+    symbol: str
+    amount: float
+
+
+class Rights(_Action, frozen=True, tag="rights"):
+    symbol: str
+    ratio: float
+    price: float
+
+
+class Spinoff(_Action, frozen=True, tag="spinoff"):
+    symbol: str
+    ratio: float
+    price: float
+
+
+class SharesChange(_Action, frozen=True, tag="shares"):
+    symbol: str
+    shares: float | None = None
+    iwf: float | None = None
+    awf: float | None = None
+    index: str | None = None  # None: every index holding the symbol
+
+
+class AddConstituent(_Action, frozen=True, tag="add"):
+    index: str
+    symbol: str
+    shares: float | None = None
+    iwf: float | None = None
+    awf: float | None = None
+    currency: str | None = None
+    withholding: float | None = None
+    price: float | None = None  # seeds the price if no tick has come
+
+
+class DeleteConstituent(_Action, frozen=True, tag="delete"):
+    index: str
+    symbol: str
+
+
+class Rebalance(_Action, frozen=True, tag="rebalance"):
+    index: str
+    constituents: tuple[ConstituentSpec, ...] | None = None
+
+
+Action = (
+    Split
+    | SpecialDividend
+    | Dividend
+    | Rights
+    | Spinoff
+    | SharesChange
+    | AddConstituent
+    | DeleteConstituent
+    | Rebalance
+)
+
+Message = Tick | FxRate | ReferenceLevel | Action
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Decoded(Generic[T]):
+    """The usable messages of one payload and how many of its elements were malformed."""
+
+    messages: list[T]
+    malformed: int = 0
+    error: str = ""
+
+
+class PayloadDecoder(Generic[T]):
+    """Decodes JSON or MessagePack payloads holding one ``T`` or an array of them."""
+
+    def __init__(self, message_type: Any) -> None:
+        self._type = message_type
+        target = message_type | list[message_type]  # type: ignore[operator]
+        self._json = msgspec.json.Decoder(target)
+        self._msgpack = msgspec.msgpack.Decoder(target)
+        self._json_any = msgspec.json.Decoder()
+        self._msgpack_any = msgspec.msgpack.Decoder()
+
+    def decode(self, payload: bytes) -> Decoded[T]:
+        is_json = _looks_like_json(payload)
+        try:
+            value = (self._json if is_json else self._msgpack).decode(payload)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return self._decode_slowly(payload, is_json, str(exc))
+        if isinstance(value, list):
+            return Decoded(value)
+        return Decoded([value])
+
+    def _decode_slowly(self, payload: bytes, is_json: bool, first_error: str) -> Decoded[T]:
+        try:
+            value = (self._json_any if is_json else self._msgpack_any).decode(payload)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return Decoded([], 1, first_error)
+        items = value if isinstance(value, list) else [value]
+        good: list[T] = []
+        bad = 0
+        error = first_error
+        for item in items:
+            try:
+                good.append(msgspec.convert(item, self._type))
+            except msgspec.ValidationError as exc:
+                bad += 1
+                error = str(exc)
+        return Decoded(good, bad, error)
+
+
+def _looks_like_json(payload: bytes) -> bool:
+    head = payload[:1]
+    if head in (b"{", b"["):
+        return True
+    # Leading whitespace is legal JSON but never a valid start of a MessagePack object we accept.
+    stripped = payload.lstrip()[:1]
+    return head in (b" ", b"\n", b"\r", b"\t") and stripped in (b"{", b"[")
+
+
+DECODERS: dict[MessageKind, PayloadDecoder[Any]] = {
+    "tick": PayloadDecoder(Tick),
+    "fx": PayloadDecoder(FxRate),
+    "reference": PayloadDecoder(ReferenceLevel),
+    "control": PayloadDecoder(Action),
+}
+
+TOPIC_KINDS: dict[str, MessageKind] = {
+    "ticks": "tick",
+    "fx": "fx",
+    "reference": "reference",
+    "control": "control",
+}
+
+
+def kind_of_topic(topic: str) -> MessageKind | None:
+    """The message kind a topic carries, from its first level (``ticks/...`` -> tick)."""
+    return TOPIC_KINDS.get(topic.split("/", 1)[0])
+
+
+def kind_of_object(obj: Any) -> MessageKind | None:
+    """The kind of a decoded JSON object, from its fields (used where no topic routes it)."""
+    if not isinstance(obj, dict):
+        return None
+    if "action" in obj:
+        return "control"
+    if "pair" in obj and "rate" in obj:
+        return "fx"
+    if "index" in obj and "level" in obj:
+        return "reference"
+    if "symbol" in obj and "price" in obj:
+        return "tick"
+    return None
+
+
+_CONVERTERS: dict[MessageKind, Callable[[Any], Any]] = {
+    kind: (lambda obj, t=t: msgspec.convert(obj, t))
+    for kind, t in (("tick", Tick), ("fx", FxRate), ("reference", ReferenceLevel),
+                    ("control", Action))
+}
+
+
+def message_from_object(obj: Any) -> Message:
+    """Convert one decoded object to its typed message; raises ValueError naming the problem."""
+    kind = kind_of_object(obj)
+    if kind is None:
+        raise ValueError("not a tick, fx rate, reference level or control action")
+    try:
+        message: Message = _CONVERTERS[kind](obj)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"{kind}: {exc}") from None
+    return message
+
+
+_json_encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(messages: Any, fmt: Literal["json", "msgpack"] = "json") -> bytes:
+    """Encode a message, or a list of them, as a payload."""
+    return (_json_encoder if fmt == "json" else _msgpack_encoder).encode(messages)
