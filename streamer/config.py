@@ -39,7 +39,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class MqttSettings(_Section):
+class MqttSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     url: str = "mqtt://127.0.0.1:1883"
     client_id: str = "streamer-1"
     topics: tuple[str, ...] = ("ticks/#", "fx/#", "control/#", "reference/#")
@@ -50,7 +50,7 @@ class MqttSettings(_Section):
         return f"MqttSettings(url={redact_url(self.url)!r}, client_id={self.client_id!r})"
 
 
-class RedisSettings(_Section):
+class RedisSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "streamer"
     history_maxlen: int = 100_000
@@ -60,20 +60,20 @@ class RedisSettings(_Section):
         return f"RedisSettings(url={redact_url(self.url)!r}, prefix={self.prefix!r})"
 
 
-class MetricsSettings(_Section):
+class MetricsSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     listen: str = "127.0.0.1:9108"
 
 
-class PublishSettings(_Section):
+class PublishSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     interval_ms: int = 0
 
 
-class QualitySettings(_Section):
+class QualitySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_move_pct: float = 10.0
     stale_after_s: float = 60.0
 
 
-class IngestSettings(_Section):
+class IngestSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # Bound of ticks waiting for the engine; beyond it the queue conflates to the last price.
     queue_max: int = 200_000
     # Largest micro-batch handed to the engine in one call.

@@ -1,0 +1,21 @@
+"""``streamer run --config PATH``: the live service, until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+
+from streamer.config import load_settings
+
+HELP = "run the service until SIGINT/SIGTERM: MQTT ticks in, index levels to Redis"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="PATH", help="service config (TOML)")
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    # Imported here so that a config error is reported before paying for aiomqtt and redis.
+    from streamer.service import run_service
+
+    return run_service(settings)

@@ -1,0 +1,6 @@
+"""The calculation core: pure, synchronous, no I/O (never imports asyncio, redis or aiomqtt)."""
+
+from streamer.engine.core import Engine
+from streamer.engine.results import AuditRecord, BatchResult, SeriesLevel
+
+__all__ = ["AuditRecord", "BatchResult", "Engine", "SeriesLevel"]

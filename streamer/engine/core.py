@@ -1,0 +1,507 @@
+"""The calculation engine: pure and synchronous (sans-I/O).
+
+``Engine.apply`` takes one micro-batch of decoded messages and returns what changed; it never
+waits and never touches a socket, so the async shell only does read -> decode -> apply ->
+publish, and every rule here is tested without a broker.
+
+State per index j: ``sums[j] = sum_i(price_i * fx_i * q_ij)`` over priced constituents,
+``missing[j]`` unpriced constituents, ``divisor[j]`` (NaN until the index is established, i.e.
+until its first complete set of prices).  Ticks move sums incrementally; FX moves, first prices
+and corporate actions recompute the indices they touch from scratch.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from streamer.config import IndexDefinition, QualitySettings
+from streamer.engine import kernels
+from streamer.engine.fx import FxBook
+from streamer.engine.quality import screen_one, screen_round
+from streamer.engine.results import (
+    BAD_PRICE,
+    OUT_OF_ORDER,
+    REJECTED,
+    UNKNOWN_SYMBOL,
+    AuditRecord,
+    BatchResult,
+    SeriesLevel,
+)
+from streamer.engine.returns import ReturnsBook
+from streamer.engine.universe import F64, I64, NO_SEQ, Mask, Membership, SymbolBook
+from streamer.errors import ConfigError
+from streamer.wire import Action, FxRate, ReferenceLevel, Tick
+
+# Batches up to this size take the per-tick path: below it numpy's per-call overhead loses.
+SMALL_BATCH = 8
+# A divisor ratio this close to 1 is rounding, not an event (e.g. a cap-weighted split).
+DIVISOR_EPSILON = 1e-13
+# Equal-weighted indices hold this much index currency of every member at each rebalance.
+EQUAL_WEIGHT_NOTIONAL = 1e6
+
+Clock = Callable[[], int]
+
+
+class Engine:
+    def __init__(self, definitions: Sequence[IndexDefinition],
+                 quality: QualitySettings | None = None, clock: Clock = time.time_ns) -> None:
+        quality = quality or QualitySettings()
+        self.clock = clock
+        self.small_batch = SMALL_BATCH
+        self.band = quality.max_move_pct / 100.0
+        self.stale_after_ns = int(quality.stale_after_s * 1e9)
+        self.definitions = list(definitions)
+        self.index_ids = [d.id for d in self.definitions]
+        self.slot = {d.id: j for j, d in enumerate(self.definitions)}
+        self.methods = [d.method for d in self.definitions]
+        self.currencies = [d.currency for d in self.definitions]
+        n = len(self.definitions)
+        self.n_indices = n
+        self.configured_divisor: F64 = np.array(
+            [d.divisor if d.divisor is not None else np.nan for d in self.definitions])
+        self.base_value: F64 = np.array(
+            [d.base_value if d.base_value is not None else np.nan for d in self.definitions])
+        self.divisor: F64 = np.full(n, np.nan)
+        self.sums: F64 = np.zeros(n)
+        self.missing: I64 = np.zeros(n, dtype=np.int64)
+        self.newest_ts: I64 = np.zeros(n, dtype=np.int64)
+        self.dirty: Mask = np.zeros(n, dtype=np.bool_)
+        self.returns = ReturnsBook(n)
+        self.book = SymbolBook()
+        self.fx = FxBook()
+        self.members = Membership()
+        self.max_drift = 0.0
+        self.applied_actions = 0
+        self._pending: list[tuple[int, int, Action]] = []
+        self._order = itertools.count()
+        self._seen_actions: set[str] = set()
+        self.references: dict[str, tuple[float, int]] = {}
+        self.series: list[tuple[str, int, str]] = [
+            (sid, j, variant)
+            for j, d in enumerate(self.definitions)
+            for sid, variant in zip(d.series_ids(), d.variants, strict=True)
+        ]
+        self.series_ids = tuple(s for s, _, _ in self.series)
+        self._series_by_id = {s: (j, v) for s, j, v in self.series}
+        self._load_constituents()
+
+    # ------------------------------------------------------------------ construction
+
+    def _load_constituents(self) -> None:
+        now = self.clock()
+        seed: dict[str, tuple[float, str]] = {}
+        rows: list[tuple[int, int, float, float, float, float, float]] = []
+        for j, d in enumerate(self.definitions):
+            for c in d.constituents:
+                currency = c.currency or d.currency
+                sid = self.book.ids.get(c.symbol)
+                if sid is None:
+                    sid = self.book.add(c.symbol, currency, now)
+                elif self.book.currency[sid] != currency:
+                    raise ConfigError(
+                        f"{d.source or d.id}: field `constituents[{c.symbol}].currency`: "
+                        f"{currency} here but {self.book.currency[sid]} in another index")
+                if c.price is not None:
+                    if c.symbol in seed and not math.isclose(seed[c.symbol][0], c.price,
+                                                             rel_tol=1e-12):
+                        raise ConfigError(
+                            f"{d.source or d.id}: field `constituents[{c.symbol}].price`: "
+                            f"{c.price} here but {seed[c.symbol][0]} in {seed[c.symbol][1]}")
+                    seed[c.symbol] = (c.price, d.source or d.id)
+                    self.book.price[sid] = c.price
+                rows.append((sid, j, c.shares, c.iwf, c.awf, c.withholding,
+                             self._q(j, c.shares, c.iwf, c.awf)))
+        self._append_entries(rows)
+        self._rebuild()
+        self.sums, self.missing = kernels.full_sums(self.members, self.book.price, self.n_indices)
+        self._establish(np.arange(self.n_indices))
+
+    def _q(self, j: int, shares: float, iwf: float, awf: float) -> float:
+        """Index shares: cap: shares*IWF*AWF; price: the weighting factor (AWF, default 1);
+        equal: set at the first complete prices and at each rebalance (1 until then, which
+        only marks the member as present: an index publishes nothing before it is set)."""
+        method = self.methods[j]
+        if method == "cap":
+            return shares * iwf * awf
+        if method == "price":
+            return awf
+        return 1.0
+
+    def _append_entries(self, rows: Sequence[tuple[int, int, float, float, float, float, float]]
+                        ) -> None:
+        if not rows:
+            return
+        columns = list(zip(*rows, strict=True))
+        sid = np.array(columns[0], dtype=np.int64)
+        index = np.array(columns[1], dtype=np.int64)
+        fx_slot = np.array([self.fx.slot(self.book.currency[s], self.currencies[j])
+                            for s, j in zip(columns[0], columns[1], strict=True)], dtype=np.int64)
+        self.members.append(sid, index, *(np.array(c, dtype=np.float64) for c in columns[2:]),
+                            fx_slot=fx_slot)
+
+    def _rebuild(self) -> None:
+        self.members.rebuild(len(self.book), self.n_indices, self.fx.factor)
+
+    # ------------------------------------------------------------------ the batch entry point
+
+    def apply(self, ticks: Sequence[Tick] = (), fx: Sequence[FxRate] = (),
+              actions: Sequence[Action] = (), references: Sequence[ReferenceLevel] = (),
+              received_ns: int | None = None) -> BatchResult:
+        """Apply one micro-batch; returns outcome counts, changed series and audit records."""
+        now = self.clock() if received_ns is None else received_ns
+        result = BatchResult()
+        for action in actions:
+            self._submit(action, now, result)
+        if fx:
+            self._apply_fx(fx, now, result)
+        if ticks:
+            symbols = [t.symbol for t in ticks]
+            sids = self.book.lookup(symbols)
+            prices = np.fromiter((t.price for t in ticks), dtype=np.float64, count=len(ticks))
+            ts = np.fromiter((now if t.ts is None else t.ts for t in ticks), dtype=np.int64,
+                             count=len(ticks))
+            seqs = np.fromiter((NO_SEQ if t.seq is None else t.seq for t in ticks),
+                               dtype=np.int64, count=len(ticks))
+            self._apply_ticks(sids, prices, ts, seqs, now, result)
+        self._apply_due(now, result)
+        self._finish(result)
+        for ref in references:
+            self._reference(ref, result)
+        return result
+
+    def apply_tick_arrays(self, sids: I64, prices: F64, ts: I64, seqs: I64,
+                          received_ns: int | None = None) -> BatchResult:
+        """The kernel entry point for already-decoded arrays (sid -1 = unknown symbol)."""
+        now = self.clock() if received_ns is None else received_ns
+        result = BatchResult()
+        self._apply_ticks(sids, prices, ts, seqs, now, result)
+        self._apply_due(now, result)
+        self._finish(result)
+        return result
+
+    def advance(self, now_ns: int | None = None) -> BatchResult:
+        """Apply the pending actions whose effective time has come (call it on a timer)."""
+        now = self.clock() if now_ns is None else now_ns
+        result = BatchResult()
+        self._apply_due(now, result)
+        self._finish(result)
+        return result
+
+    def symbol_ids(self, symbols: list[str]) -> I64:
+        return self.book.lookup(symbols)
+
+    # ------------------------------------------------------------------ ticks
+
+    def _apply_ticks(self, sids: I64, prices: F64, ts: I64, seqs: I64, now: int,
+                     result: BatchResult) -> None:
+        known = sids >= 0
+        if not known.all():
+            result.outcomes[REJECTED, UNKNOWN_SYMBOL] += int((~known).sum())
+            sids, prices, ts, seqs = sids[known], prices[known], ts[known], seqs[known]
+        # Actions take effect between the ticks stamped before and at/after their time.
+        while self._pending and len(ts) and self._pending[0][0] <= int(ts.max()):
+            effective = self._pending[0][0]
+            before = ts < effective
+            if before.any():
+                self._screen_and_move(sids[before], prices[before], ts[before], seqs[before],
+                                      now, result)
+                after = ~before
+                sids, prices, ts, seqs = sids[after], prices[after], ts[after], seqs[after]
+            self._apply_due(effective, result)
+        if len(sids):
+            self._screen_and_move(sids, prices, ts, seqs, now, result)
+
+    def _screen_and_move(self, sids: I64, prices: F64, ts: I64, seqs: I64, now: int,
+                         result: BatchResult) -> None:
+        if len(sids) <= self.small_batch:
+            self._screen_and_move_each(sids, prices, ts, seqs, now, result)
+            return
+        book = self.book
+        counts = np.bincount(sids, minlength=len(book))
+        touched = np.flatnonzero(counts)
+        before = book.price[touched]
+        for positions in kernels.occurrence_rounds(sids, counts):
+            screen_round(book, sids[positions], prices[positions], ts[positions],
+                         seqs[positions], self.band, now, result.outcomes)
+        after = book.price[touched]
+        moved = (after != before) & ~np.isnan(after)
+        first = moved & np.isnan(before)
+        steady = moved & ~first
+        if steady.any():
+            self._move(touched[steady], after[steady] - before[steady])
+        if first.any():
+            self._first_prices(touched[first])
+
+    def _screen_and_move_each(self, sids: I64, prices: F64, ts: I64, seqs: I64, now: int,
+                              result: BatchResult) -> None:
+        book, members = self.book, self.members
+        first: list[int] = []
+        for sid, price, t, seq in zip(sids.tolist(), prices.tolist(), ts.tolist(),
+                                      seqs.tolist(), strict=True):
+            before = float(book.price[sid])
+            if not screen_one(book, sid, price, t, seq, self.band, now, result.outcomes):
+                continue
+            if math.isnan(before):
+                first.append(sid)
+                continue
+            start, stop = int(members.row_ptr[sid]), int(members.row_ptr[sid + 1])
+            if start == stop or price == before:
+                continue
+            where = members.index[start:stop]
+            contribution = (price - before) * members.qfx0[start:stop]
+            self.sums[where] += contribution
+            self.dirty[where[contribution != 0.0]] = True
+            self.newest_ts[where] = np.maximum(self.newest_ts[where], t)
+        if first:
+            self._first_prices(np.array(first, dtype=np.int64))
+
+    def _move(self, sids: I64, price_change: F64) -> None:
+        delta, entries = kernels.index_deltas(self.members, sids, price_change, self.n_indices)
+        self.sums += delta
+        self.dirty |= delta != 0.0
+        kernels.raise_newest_ts(self.newest_ts, self.members, entries, self.book.source_ts)
+
+    def _first_prices(self, sids: I64) -> None:
+        entries = self.members.rows(np.unique(sids))
+        self._recompute_indices(np.unique(self.members.index[entries]))
+        kernels.raise_newest_ts(self.newest_ts, self.members, entries, self.book.source_ts)
+
+    def _recompute_indices(self, indices: I64) -> None:
+        if len(indices) == 0:
+            return
+        sums, missing = kernels.sums_of(self.members, self.book.price, indices, self.n_indices)
+        self.sums[indices] = sums[indices]
+        self.missing[indices] = missing[indices]
+        self.dirty[indices] = True
+
+    # ------------------------------------------------------------------ fx and references
+
+    def _apply_fx(self, rates: Sequence[FxRate], now: int, result: BatchResult) -> None:
+        updated = False
+        for r in rates:
+            if not (len(r.pair) == 6 and r.pair.isalpha() and r.pair.isupper()):
+                result.outcomes[REJECTED, UNKNOWN_SYMBOL] += 1
+            elif not (math.isfinite(r.rate) and r.rate > 0.0):
+                result.outcomes[REJECTED, BAD_PRICE] += 1
+            elif not self.fx.update(r.pair, r.rate, now if r.ts is None else r.ts):
+                result.outcomes[REJECTED, OUT_OF_ORDER] += 1
+            else:
+                result.outcomes["accepted", "ok"] += 1
+                updated = True
+        if not updated:
+            return
+        previous = self.fx.refresh()
+        changed_slots = np.flatnonzero(
+            (previous != self.fx.factor) & ~(np.isnan(previous) & np.isnan(self.fx.factor)))
+        if len(changed_slots) == 0:
+            return
+        self.members.refresh_fx(self.fx.factor)
+        affected = np.isin(self.members.fx_slot, changed_slots)
+        self._recompute_indices(np.unique(self.members.index[affected]))
+
+    def _reference(self, ref: ReferenceLevel, result: BatchResult) -> None:
+        if ref.index not in self._series_by_id or not (math.isfinite(ref.level)
+                                                       and ref.level > 0):
+            return
+        self.references[ref.index] = (ref.level, ref.ts or 0)
+        level = self.level_of(ref.index)
+        if level is not None:
+            result.deviations[ref.index] = (level / ref.level - 1.0) * 1e4
+
+    def deviation_bps(self, series: str) -> float | None:
+        """Computed level vs the last reference level for ``series``, in basis points."""
+        ref = self.references.get(series)
+        level = self.level_of(series)
+        if ref is None or level is None:
+            return None
+        return (level / ref[0] - 1.0) * 1e4
+
+    # ------------------------------------------------------------------ establishing levels
+
+    def _finish(self, result: BatchResult) -> None:
+        self._establish(np.flatnonzero(np.isnan(self.divisor) & (self.missing == 0)
+                                       & (self.members.count > 0)))
+        changed = self.dirty & ~np.isnan(self.divisor)
+        if changed.any():
+            result.changed.extend(s for s, j, _ in self.series if changed[j])
+        self.dirty[:] = False
+
+    def _establish(self, candidates: I64) -> None:
+        """Fix the divisor of indices that just got their first complete set of prices."""
+        candidates = candidates[np.isnan(self.divisor[candidates])
+                                & (self.missing[candidates] == 0)
+                                & (self.members.count[candidates] > 0)]
+        if len(candidates) == 0:
+            return
+        equal = [j for j in candidates.tolist() if self.methods[j] == "equal"]
+        if equal:
+            self._set_equal_weights(np.array(equal, dtype=np.int64), EQUAL_WEIGHT_NOTIONAL)
+        sums = self.sums[candidates]
+        given = self.configured_divisor[candidates]
+        self.divisor[candidates] = np.where(np.isnan(given),
+                                            sums / self.base_value[candidates], given)
+        self.returns.start(candidates, self.sums[candidates] / self.divisor[candidates])
+        self.dirty[candidates] = True
+
+    def _set_equal_weights(self, indices: I64, notional: float | F64) -> None:
+        """q = notional / (price * fx): every member of each index then holds the same value."""
+        targets = np.broadcast_to(np.asarray(notional, dtype=np.float64), indices.shape)
+        m = self.members
+        for j, value in zip(indices.tolist(), targets.tolist(), strict=True):
+            rows = m.of_index(j)
+            unit = self.book.price[m.sid[rows]] * self.fx.factor[m.fx_slot[rows]]
+            m.q[rows] = value / unit
+        m.refresh_fx(self.fx.factor)
+        self._recompute_indices(indices)
+
+    # ------------------------------------------------------------------ corporate actions
+
+    def _submit(self, action: Action, now: int, result: BatchResult) -> None:
+        if action.id in self._seen_actions:
+            result.rejected_actions.append((action.id, "duplicate"))
+            return
+        self._seen_actions.add(action.id)
+        effective = now if action.effective is None else action.effective
+        heapq.heappush(self._pending, (effective, next(self._order), action))
+
+    def _apply_due(self, now: int, result: BatchResult) -> None:
+        from streamer.engine.actions import apply_action
+
+        while self._pending and self._pending[0][0] <= now:
+            effective, _, action = heapq.heappop(self._pending)
+            outcome = apply_action(self, action, effective)
+            if isinstance(outcome, str):
+                result.rejected_actions.append((action.id, outcome))
+            else:
+                self.applied_actions += 1
+                result.audit.extend(outcome)
+
+    @property
+    def pending_actions(self) -> int:
+        return len(self._pending)
+
+    def adjust(self, indices: Iterable[int], change: Callable[[], None], action: str,
+               action_id: str, symbol: str, effective: int) -> list[AuditRecord]:
+        """The one divisor adjustment every index-changing event goes through.
+
+        Sums before and after ``change`` are taken at the same prices, so
+        ``divisor_new = divisor_old * S_after / S_before`` keeps each level where it was.
+        """
+        js = np.unique(np.fromiter(indices, dtype=np.int64))
+        before, missing_before = kernels.sums_of(self.members, self.book.price, js,
+                                                 self.n_indices)
+        divisor_before = self.divisor[js].copy()
+        change()
+        after, missing_after = kernels.sums_of(self.members, self.book.price, js,
+                                               self.n_indices)
+        records = []
+        for k, j in enumerate(js.tolist()):
+            old_divisor = float(divisor_before[k])
+            new_divisor = old_divisor
+            complete = missing_before[j] == 0 and missing_after[j] == 0
+            if not math.isnan(old_divisor) and complete and before[j] > 0:
+                ratio = after[j] / before[j]
+                if abs(ratio - 1.0) > DIVISOR_EPSILON:
+                    new_divisor = old_divisor * ratio
+            self.divisor[j] = new_divisor
+            records.append(AuditRecord(
+                action_id=action_id, action=action, index=self.index_ids[j], symbol=symbol,
+                effective=effective, divisor_before=old_divisor, divisor_after=new_divisor,
+                level_before=float(before[j] / old_divisor) if complete else math.nan,
+                level_after=float(after[j] / new_divisor) if complete else math.nan,
+            ))
+        self.sums[js] = after[js]
+        self.missing[js] = missing_after[js]
+        self.dirty[js] = True
+        return records
+
+    # ------------------------------------------------------------------ reading levels
+
+    def pr_levels(self) -> F64:
+        """Price-return level of every index (NaN where not established)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            levels: F64 = self.sums / self.divisor
+        return levels
+
+    def series_levels(self) -> dict[str, float]:
+        """Every established series' level, by series id."""
+        pr = self.pr_levels()
+        by_variant = {"price": pr, "total": self.returns.total(pr), "net": self.returns.net(pr)}
+        return {s: float(by_variant[v][j]) for s, j, v in self.series
+                if not math.isnan(self.divisor[j])}
+
+    def level_of(self, series: str) -> float | None:
+        slot = self._series_by_id.get(series)
+        if slot is None:
+            return None
+        j, variant = slot
+        if math.isnan(self.divisor[j]):
+            return None
+        pr = self.sums[j] / self.divisor[j]
+        if variant == "price":
+            return float(pr)
+        base = self.returns.tr_close if variant == "total" else self.returns.ntr_close
+        points = self.returns.gross_points if variant == "total" else self.returns.net_points
+        return float(base[j] * (pr + points[j]) / self.returns.pr_close[j])
+
+    def levels(self, series: Iterable[str] | None = None) -> list[SeriesLevel]:
+        """Published fields of every established series (or of those named)."""
+        wanted = None if series is None else set(series)
+        n_symbols = len(self.book)
+        now = self.clock()
+        stale_symbol = ((now - self.book.fresh_ns[:n_symbols]) > self.stale_after_ns) | np.isnan(
+            self.book.price[:n_symbols])
+        stale = kernels.stale_counts(self.members, stale_symbol, self.n_indices)
+        pr = self.pr_levels()
+        level_by_variant = {"price": pr, "total": self.returns.total(pr),
+                            "net": self.returns.net(pr)}
+        close_by_variant = {"price": self.returns.pr_close, "total": self.returns.tr_close,
+                            "net": self.returns.ntr_close}
+        out = []
+        for s, j, variant in self.series:
+            if (wanted is not None and s not in wanted) or math.isnan(self.divisor[j]):
+                continue
+            level = float(level_by_variant[variant][j])
+            prev_close = float(close_by_variant[variant][j])
+            count = int(self.members.count[j])
+            out.append(SeriesLevel(
+                series=s, level=level, divisor=float(self.divisor[j]),
+                source_ts=int(self.newest_ts[j]), prev_close=prev_close,
+                change=level - prev_close, change_pct=(level / prev_close - 1.0) * 100.0,
+                stale=int(stale[j]), coverage=(count - int(stale[j])) / count if count else 0.0,
+            ))
+        return out
+
+    def constituents(self, index_id: str) -> dict[str, float]:
+        """Symbol -> index shares q of one index (for audits and tests)."""
+        m = self.members
+        rows = m.of_index(self.slot[index_id])
+        return {self.book.names[s]: float(q) for s, q in zip(m.sid[rows], m.q[rows], strict=True)}
+
+    def price_of(self, symbol: str) -> float | None:
+        sid = self.book.ids.get(symbol)
+        if sid is None or math.isnan(self.book.price[sid]):
+            return None
+        return float(self.book.price[sid])
+
+    # ------------------------------------------------------------------ maintenance
+
+    def recompute(self) -> float:
+        """Replace every incremental sum by a from-scratch one; returns the largest relative
+        drift found (and keeps the largest ever seen in ``max_drift``)."""
+        exact, missing = kernels.full_sums(self.members, self.book.price, self.n_indices)
+        scale = np.maximum(np.abs(exact), np.finfo(np.float64).tiny)
+        drift = float(np.max(np.abs(self.sums - exact) / scale)) if self.n_indices else 0.0
+        self.sums, self.missing = exact, missing
+        self.max_drift = max(self.max_drift, drift)
+        return drift
+
+    def close(self) -> None:
+        """Roll the trading day: current levels become the previous close and TR/NTR bases."""
+        self.returns.roll(self.pr_levels())

@@ -1,0 +1,390 @@
+"""Private ``mosquitto`` and ``redis-server`` processes on free loopback ports.
+
+Used by the test suite, ``streamer demo`` and ``streamer bench e2e``: each instance lives in
+its own temporary directory (config, log, data), listens on 127.0.0.1 only, keeps nothing on
+disk, and can be killed and restarted on the same port to exercise reconnect paths.
+
+    with LocalMosquitto() as broker, LocalRedis() as redis:
+        run_service(mqtt_url=broker.url, redis_url=redis.url)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from streamer.errors import StreamerError
+
+LOOPBACK = "127.0.0.1"
+_START_TIMEOUT_S = 10.0
+_STOP_TIMEOUT_S = 5.0
+_PORT_ATTEMPTS = 5
+
+
+class LocalServiceError(StreamerError):
+    """A local service could not be found, started or reached."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_executable(name: str) -> str:
+    """The path of a server binary; Debian puts mosquitto in /usr/sbin, often not on PATH."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for directory in ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin"):
+        candidate = Path(directory) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    package = "mosquitto" if name.startswith("mosquitto") else "redis-server"
+    raise LocalServiceError(f"{name} not found; install it with: apt-get install {package}")
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if the test runner dies without cleaning up,
+    # the kernel sends SIGTERM so no orphaned broker keeps a port.
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class LocalService:
+    """One server process on a loopback port; subclasses say how to configure and probe it."""
+
+    name = "service"
+
+    def __init__(self, port: int | None = None, workdir: str | Path | None = None) -> None:
+        self._requested_port = port
+        self.port = port or 0
+        self.host = LOOPBACK
+        self._owns_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"streamer-{self.name}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    # -- what subclasses provide ------------------------------------------------------------
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _probe(self) -> bool:
+        """True when the server answers on its port."""
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> Self:
+        """Start the server and wait until it accepts connections.
+
+        Without a fixed port a fresh free port is chosen, retrying if another process takes
+        it between the probe and the server's bind.
+        """
+        if self.is_running():
+            return self
+        attempts = 1 if self._requested_port or self.port else _PORT_ATTEMPTS
+        last_error = ""
+        for _ in range(attempts):
+            if not self.port:
+                self.port = free_port(self.host)
+            try:
+                self._spawn()
+                return self
+            except LocalServiceError as exc:
+                last_error = str(exc)
+                if self._requested_port:
+                    break
+                self.port = 0
+        raise LocalServiceError(last_error)
+
+    def _spawn(self) -> None:
+        self._log = self.log_path.open("ab")
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        self._process = subprocess.Popen(
+            self._command(),
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            # PDEATHSIG follows the forking *thread*; only tie lifetimes from the main thread.
+            preexec_fn=_die_with_parent if on_main_thread else None,  # noqa: PLW1509
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                break
+            if self._probe():
+                return
+            time.sleep(0.01)
+        self._terminate(graceful=False)
+        tail = self._log_tail()
+        raise LocalServiceError(f"{self.name} did not start on {self.host}:{self.port}: {tail}")
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop the server (SIGTERM, or SIGKILL when ``graceful`` is false); keeps the port."""
+        self._terminate(graceful)
+
+    def kill(self) -> None:
+        """Kill the server abruptly, as a crash would."""
+        self._terminate(graceful=False)
+
+    def restart(self, graceful: bool = True) -> Self:
+        """Stop and start again on the same port (clients see the server go away and return)."""
+        self._terminate(graceful)
+        self._requested_port = self.port
+        return self.start()
+
+    def close(self) -> None:
+        """Stop the server and remove its temporary directory."""
+        self._terminate(graceful=True)
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _terminate(self, graceful: bool) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            if graceful:
+                process.terminate()
+            else:
+                process.kill()
+            try:
+                process.wait(timeout=_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=_STOP_TIMEOUT_S)
+        elif process is not None:
+            process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _log_tail(self, limit: int = 600) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no log)"
+        return " | ".join(text.strip().splitlines())[-limit:] or "(empty log)"
+
+    def _tcp_connect(self) -> socket.socket | None:
+        try:
+            return socket.create_connection((self.host, self.port), timeout=0.5)
+        except OSError:
+            return None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else "stopped"
+        return f"{type(self).__name__}({self.host}:{self.port}, {state})"
+
+
+class LocalMosquitto(LocalService):
+    """A private mosquitto broker: anonymous, or one user with a password file."""
+
+    name = "mosquitto"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        workdir: str | Path | None = None,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        extra_config: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(port, workdir)
+        if (username is None) != (password is None):
+            raise ValueError("give both username and password, or neither")
+        self.username = username
+        self.password = password
+        self.extra_config = extra_config
+
+    @property
+    def url(self) -> str:
+        """``mqtt://host:port``, without credentials."""
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def authenticated_url(self) -> str:
+        """``mqtt://user:password@host:port`` (the plain url when anonymous)."""
+        if self.username is None:
+            return self.url
+        return f"mqtt://{self.username}:{self.password}@{self.host}:{self.port}"
+
+    def _command(self) -> list[str]:
+        config = self.workdir / "mosquitto.conf"
+        lines = [
+            f"listener {self.port} {self.host}",
+            "persistence false",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            # A subscriber that falls behind must be visible as lag, not silent loss.
+            "max_queued_messages 0",
+        ]
+        if os.geteuid() == 0:
+            # Started as root, mosquitto drops to the `mosquitto` user, which cannot read our
+            # private temp dir; a loopback-only test broker may as well keep the caller's user.
+            lines.append("user root")
+        if self.username is not None and self.password is not None:
+            password_file = self.workdir / "passwords"
+            password_file.unlink(missing_ok=True)
+            subprocess.run(
+                [
+                    find_executable("mosquitto_passwd"),
+                    "-b",
+                    "-c",
+                    str(password_file),
+                    self.username,
+                    self.password,
+                ],
+                check=True,
+                capture_output=True,
+            )
+            password_file.chmod(0o600)
+            lines += ["allow_anonymous false", f"password_file {password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        lines += list(self.extra_config)
+        config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return [find_executable("mosquitto"), "-c", str(config)]
+
+    def _probe(self) -> bool:
+        sock = self._tcp_connect()
+        if sock is None:
+            return False
+        with sock:
+            # MQTT 3.1.1 CONNECT, clean session, keepalive 5 s, empty client id (and credentials
+            # when configured); any CONNACK (0x20) proves the broker is serving.
+            payload = _mqtt_string(b"")
+            flags = 0x02
+            if self.username is not None and self.password is not None:
+                flags |= 0xC0
+                payload += _mqtt_string(self.username.encode()) + _mqtt_string(
+                    self.password.encode()
+                )
+            variable = _mqtt_string(b"MQTT") + bytes([4, flags, 0, 5])
+            body = variable + payload
+            try:
+                sock.sendall(bytes([0x10]) + _mqtt_length(len(body)) + body)
+                answer = sock.recv(4)
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"\xe0\x00")  # DISCONNECT
+            except OSError:
+                return False
+            return answer[:1] == b"\x20"
+
+
+def _mqtt_string(value: bytes) -> bytes:
+    return len(value).to_bytes(2, "big") + value
+
+
+def _mqtt_length(length: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, length = length % 128, length // 128
+        out.append(byte | (0x80 if length else 0))
+        if not length:
+            return bytes(out)
+
+
+class LocalRedis(LocalService):
+    """A private redis-server: no persistence, optional ``requirepass``."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        workdir: str | Path | None = None,
+        *,
+        password: str | None = None,
+    ) -> None:
+        super().__init__(port, workdir)
+        self.password = password
+
+    @property
+    def url(self) -> str:
+        """``redis://host:port/0``, without credentials."""
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def authenticated_url(self) -> str:
+        """``redis://:password@host:port/0`` (the plain url without a password)."""
+        if self.password is None:
+            return self.url
+        return f"redis://:{self.password}@{self.host}:{self.port}/0"
+
+    def _command(self) -> list[str]:
+        # The password goes in a config file so that it never shows in `ps`.
+        config = self.workdir / "redis.conf"
+        lines = [
+            f"port {self.port}",
+            f"bind {self.host}",
+            'save ""',
+            "appendonly no",
+            f"dir {self.workdir}",
+            "daemonize no",
+            "protected-mode yes",
+            "loglevel warning",
+        ]
+        if self.password is not None:
+            lines.append(f"requirepass {self.password}")
+        config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        config.chmod(0o600)
+        return [find_executable("redis-server"), str(config)]
+
+    def _probe(self) -> bool:
+        sock = self._tcp_connect()
+        if sock is None:
+            return False
+        with sock:
+            try:
+                sock.sendall(b"PING\r\n")
+                answer = sock.recv(64)
+            except OSError:
+                return False
+            # -NOAUTH proves the server is up just as well as +PONG.
+            return answer.startswith((b"+PONG", b"-NOAUTH"))

@@ -1,0 +1,315 @@
+"""Redis output: one pipeline per publish cycle, and the loop that decides when to publish.
+
+Per published series ``S`` (prefix ``P``), one cycle writes
+``HSET P:index:S``, ``PUBLISH P:levels`` (JSON with ``"index"``), ``XADD P:history:S MAXLEN ~``,
+plus one ``XADD P:actions`` per applied corporate action, all in a single round trip.
+
+:class:`Outbox` sits between the engine side and the publisher: it collects which series
+changed, the audit records and the receipt times of the ticks that fed them.  It conflates by
+nature (a series changed ten times since the last cycle is published once, at its latest
+level), so a slow or absent Redis never slows ingestion down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from streamer.engine import AuditRecord, SeriesLevel
+from streamer.errors import StreamerError
+from streamer.ingest import Backoff
+from streamer.metrics import Metrics, observe_many
+
+log = logging.getLogger("streamer.publish")
+
+# Audit records are kept across a Redis outage (unlike levels, which are simply republished);
+# past this many the oldest are dropped and logged.
+MAX_PENDING_AUDIT = 10_000
+# Latency samples waiting for the next acknowledgement (one per tick receipt).
+MAX_PENDING_RECEIPTS = 200_000
+
+_json = msgspec.json.Encoder()
+
+
+class PublishError(StreamerError):
+    """A publish cycle failed (Redis unreachable, timed out or refused the write)."""
+
+
+@dataclass(slots=True)
+class Outbox:
+    """What changed since the last publish cycle."""
+
+    dirty: set[str] = field(default_factory=set)
+    audit: list[AuditRecord] = field(default_factory=list)
+    receipts: list[int] = field(default_factory=list)
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(
+        self,
+        changed: Iterable[str],
+        audit: Sequence[AuditRecord] = (),
+        receipts: Sequence[int] = (),
+    ) -> None:
+        before = len(self.dirty) + len(self.audit)
+        self.dirty.update(changed)
+        if audit:
+            self.audit.extend(audit)
+            if len(self.audit) > MAX_PENDING_AUDIT:
+                dropped = len(self.audit) - MAX_PENDING_AUDIT
+                del self.audit[:dropped]
+                log.error("audit records dropped", extra={"fields": {"count": dropped}})
+        if receipts and len(self.receipts) < MAX_PENDING_RECEIPTS:
+            self.receipts.extend(receipts)
+        if len(self.dirty) + len(self.audit) > before:
+            self.event.set()
+
+    def take(self) -> tuple[set[str], list[AuditRecord], list[int]]:
+        taken = (self.dirty, self.audit, self.receipts)
+        self.dirty, self.audit, self.receipts = set(), [], []
+        self.event.clear()
+        return taken
+
+    def restore_audit(self, audit: list[AuditRecord]) -> None:
+        """Put back audit records whose publish failed, ahead of newer ones."""
+        self.audit[:0] = audit
+
+
+def _number(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def level_fields(level: SeriesLevel, seq: int, publish_ns: int) -> dict[str, Any]:
+    """The published fields of one series (hash, channel and stream share them)."""
+    return {
+        "level": _number(level.level),
+        "divisor": _number(level.divisor),
+        "ts": publish_ns,
+        "source_ts": level.source_ts,
+        "seq": seq,
+        "prev_close": _number(level.prev_close),
+        "change": _number(level.change),
+        "change_pct": _number(level.change_pct),
+        "stale": level.stale,
+        "coverage": _number(level.coverage),
+    }
+
+
+def audit_fields(record: AuditRecord, publish_ns: int) -> dict[str, Any]:
+    return {
+        "id": record.action_id,
+        "action": record.action,
+        "index": record.index,
+        "symbol": record.symbol,
+        "effective": record.effective,
+        "divisor_before": _number(record.divisor_before),
+        "divisor_after": _number(record.divisor_after),
+        "level_before": _number(record.level_before),
+        "level_after": _number(record.level_after),
+        "ts": publish_ns,
+    }
+
+
+def _redis_mapping(fields: dict[str, Any]) -> dict[str, str | int | float]:
+    # Redis stores strings; an unknown value (NaN before a previous close exists) is "".
+    return {k: ("" if v is None else v) for k, v in fields.items()}
+
+
+class RedisPublisher:
+    """Writes levels and audit records for one key prefix; one pipeline per call."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        history_maxlen: int,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.history_maxlen = history_maxlen
+        self._clock = clock
+        self._seq: dict[str, int] = {}
+        self._seq_loaded = False
+        self.levels_channel = f"{prefix}:levels"
+        self.actions_stream = f"{prefix}:actions"
+
+    def index_key(self, series: str) -> str:
+        return f"{self.prefix}:index:{series}"
+
+    def history_key(self, series: str) -> str:
+        return f"{self.prefix}:history:{series}"
+
+    async def load_sequences(self, series: Sequence[str]) -> None:
+        """Continue each series' ``seq`` from what a previous run left in Redis."""
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for s in series:
+                    pipe.hget(self.index_key(s), "seq")
+                values = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise PublishError(f"reading sequences: {exc}") from exc
+        for s, value in zip(series, values, strict=True):
+            with contextlib.suppress(TypeError, ValueError):
+                self._seq[s] = max(self._seq.get(s, 0), int(value))
+        self._seq_loaded = True
+
+    async def publish(
+        self, levels: Sequence[SeriesLevel], audit: Sequence[AuditRecord] = ()
+    ) -> int:
+        """Write one cycle; returns the acknowledgement time (clock ns)."""
+        if not levels and not audit:
+            return self._clock()
+        publish_ns = self._clock()
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                self._queue_cycle(pipe, levels, audit, publish_ns)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise PublishError(str(exc) or type(exc).__name__) from exc
+        return self._clock()
+
+    def _queue_cycle(
+        self,
+        pipe: Any,
+        levels: Sequence[SeriesLevel],
+        audit: Sequence[AuditRecord],
+        publish_ns: int,
+    ) -> None:
+        maxlen = self.history_maxlen
+        for level in levels:
+            seq = self._seq.get(level.series, 0) + 1
+            self._seq[level.series] = seq
+            fields = level_fields(level, seq, publish_ns)
+            mapping = _redis_mapping(fields)
+            pipe.hset(self.index_key(level.series), mapping=mapping)
+            fields["index"] = level.series
+            pipe.publish(self.levels_channel, _json.encode(fields))
+            pipe.xadd(self.history_key(level.series), mapping, maxlen=maxlen, approximate=True)
+        for record in audit:
+            pipe.xadd(
+                self.actions_stream,
+                _redis_mapping(audit_fields(record, publish_ns)),
+                maxlen=maxlen,
+                approximate=True,
+            )
+
+
+LevelSource = Callable[[Iterable[str] | None], list[SeriesLevel]]
+
+
+class PublishLoop:
+    """Decides when to publish and what, and rides out Redis outages.
+
+    ``interval_ms == 0``: every series that changed, once per micro-batch (or per cycle, when
+    Redis is slower than the engine).  ``interval_ms > 0``: every series with a level on a fixed
+    timer, as official indices disseminate.  On failure: count the error, probe with backoff,
+    then publish every series' latest level once (no backlog replay).
+    """
+
+    def __init__(
+        self,
+        publisher: RedisPublisher,
+        levels: LevelSource,
+        outbox: Outbox,
+        metrics: Metrics,
+        *,
+        interval_ms: int = 0,
+        clock: Callable[[], int] = time.time_ns,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.publisher = publisher
+        self._levels = levels
+        self.outbox = outbox
+        self._metrics = metrics
+        self.interval_s = interval_ms / 1000.0
+        self._clock = clock
+        self._backoff = backoff or Backoff(base_s=0.05, cap_s=2.0)
+        self.connected = False
+        self.cycles = 0
+        self._resync = True  # the first cycle publishes everything known
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            if not self.connected:
+                await self._reconnect()
+            if self.interval_s > 0:
+                next_at += self.interval_s
+                delay = next_at - loop.time()
+                if delay < 0:  # fell behind (e.g. an outage): skip missed ticks, keep the phase
+                    next_at += math.ceil(-delay / self.interval_s) * self.interval_s
+                    delay = next_at - loop.time()
+                await asyncio.sleep(delay)
+                await self.cycle(everything=True)
+            else:
+                await self.outbox.event.wait()
+                await self.cycle()
+
+    async def _reconnect(self) -> None:
+        while True:
+            try:
+                await self.publisher.client.ping()
+                if not self.publisher._seq_loaded:
+                    await self.publisher.load_sequences(self._all_series())
+            except (RedisError, OSError, PublishError) as exc:
+                self._metrics.redis_errors.inc()
+                delay = self._backoff.next()
+                log.warning(
+                    "redis unavailable",
+                    extra={"fields": {"error": str(exc), "retry_in_s": round(delay, 3)}},
+                )
+                await asyncio.sleep(delay)
+                continue
+            self._backoff.reset()
+            self.connected = True
+            self._resync = True
+            # Ticks that waited out the outage would report its length, not the pipeline's
+            # latency; the outage itself shows in streamer_redis_errors_total.
+            self.outbox.receipts.clear()
+            log.info("redis connected")
+            return
+
+    def _all_series(self) -> list[str]:
+        return [level.series for level in self._levels(None)]
+
+    async def cycle(self, everything: bool = False) -> bool:
+        """Publish what is due now; False when Redis failed (the loop then reconnects)."""
+        dirty, audit, receipts = self.outbox.take()
+        everything = everything or self._resync
+        levels = self._levels(None if everything else dirty)
+        if not levels and not audit:
+            return True
+        try:
+            ack_ns = await self.publisher.publish(levels, audit)
+        except PublishError as exc:
+            self._metrics.redis_errors.inc()
+            self.outbox.restore_audit(audit)
+            # Levels are not queued: the next successful cycle republishes every series.
+            self._resync = True
+            if self.connected:
+                log.warning("redis publish failed", extra={"fields": {"error": str(exc)}})
+            self.connected = False
+            return False
+        self._resync = False
+        self.connected = True
+        self.cycles += 1
+        if receipts:
+            latency_s = (ack_ns - np.asarray(receipts, dtype=np.int64)) / 1e9
+            observe_many(self._metrics.tick_to_publish, latency_s)
+        for level in levels:
+            if math.isfinite(level.level):
+                self._metrics.index_level.labels(level.series).set(level.level)
+            self._metrics.stale_constituents.labels(level.series).set(level.stale)
+        return True

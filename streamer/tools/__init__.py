@@ -1,0 +1,1 @@
+"""Operator tools behind ``simulate``, ``replay``, ``watch``, ``demo`` and ``bench e2e``."""

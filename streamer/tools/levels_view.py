@@ -1,0 +1,222 @@
+"""What ``streamer watch`` shows: a board of index levels, and its rendering as a rich table.
+
+The board is plain state fed from Redis (a snapshot of the hashes and history streams, then
+the ``P:levels`` messages); ``render_board`` is a pure function of the board and the time,
+so tests render it into a captured console and read the rows back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+DEFAULT_HISTORY = 40
+AGE_WARN_S = 5.0  # no publish for this long: the age turns yellow, then red after a minute
+AGE_ALARM_S = 60.0
+
+
+@dataclass
+class SeriesRow:
+    """The latest published state of one series (an index or its TR/NTR variant)."""
+
+    series: str
+    level: float | None = None
+    divisor: float | None = None
+    prev_close: float | None = None
+    change: float | None = None
+    change_pct: float | None = None
+    stale: int | None = None
+    coverage: float | None = None
+    ts: int | None = None  # publish time, UTC ns
+    source_ts: int | None = None
+    seq: int = -1
+    updates: int = 0
+    history: deque[float] = field(default_factory=lambda: deque(maxlen=DEFAULT_HISTORY))
+
+    def update(self, fields: Mapping[str, Any]) -> None:
+        self.level = _number(fields.get("level"), self.level)
+        self.divisor = _number(fields.get("divisor"), self.divisor)
+        self.prev_close = _number(fields.get("prev_close"), self.prev_close)
+        self.change = _number(fields.get("change"), self.change)
+        self.change_pct = _number(fields.get("change_pct"), self.change_pct)
+        stale = _number(fields.get("stale"), None)
+        self.stale = int(stale) if stale is not None else self.stale
+        self.coverage = _number(fields.get("coverage"), self.coverage)
+        ts = _number(fields.get("ts"), None)
+        self.ts = int(ts) if ts is not None else self.ts
+        source_ts = _number(fields.get("source_ts"), None)
+        self.source_ts = int(source_ts) if source_ts is not None else self.source_ts
+        seq = _number(fields.get("seq"), None)
+        if seq is not None:
+            self.seq = int(seq)
+        if self.level is not None:
+            self.history.append(self.level)
+
+
+def _number(value: Any, default: float | None) -> float | None:
+    """Hash fields arrive as strings, channel fields as JSON numbers; junk keeps the old value."""
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if math.isfinite(number) else default
+
+
+def series_matches(series: str, wanted: Iterable[str]) -> bool:
+    """``--index DEMO30`` shows DEMO30 and its variants DEMO30.TR / DEMO30.NTR."""
+    return any(series == w or series.startswith(w + ".") for w in wanted)
+
+
+class LevelsBoard:
+    """Rows by series id, in a stable display order: configured order first, then by name."""
+
+    def __init__(
+        self,
+        wanted: Sequence[str] = (),
+        known: Sequence[str] = (),
+        history: int = DEFAULT_HISTORY,
+    ) -> None:
+        self.wanted = tuple(wanted)
+        self.history = history
+        self._rows: dict[str, SeriesRow] = {}
+        self._order = {series: i for i, series in enumerate(known)}
+        self.messages = 0
+        for series in known:
+            self.row(series)
+
+    def shows(self, series: str) -> bool:
+        return not self.wanted or series_matches(series, self.wanted)
+
+    def row(self, series: str) -> SeriesRow | None:
+        if not self.shows(series):
+            return None
+        row = self._rows.get(series)
+        if row is None:
+            row = SeriesRow(series, history=deque(maxlen=self.history))
+            self._rows[series] = row
+        return row
+
+    def seed(self, series: str, fields: Mapping[str, Any], history: Sequence[float]) -> None:
+        """Start a row from the hash ``P:index:<id>`` and its history stream (oldest first)."""
+        row = self.row(series)
+        if row is None:
+            return
+        row.history.clear()
+        row.history.extend(history[:-1] if history and fields else history)
+        if fields:
+            row.update(fields)
+
+    def apply(self, message: Mapping[str, Any]) -> bool:
+        """Apply one ``P:levels`` message; False if ignored (other index, or already seen)."""
+        series = message.get("index")
+        if not isinstance(series, str):
+            return False
+        row = self.row(series)
+        if row is None:
+            return False
+        seq = _number(message.get("seq"), None)
+        if seq is not None and int(seq) <= row.seq:
+            return False  # already part of the snapshot we started from
+        row.update(message)
+        row.updates += 1
+        self.messages += 1
+        return True
+
+    def rows(self) -> list[SeriesRow]:
+        last = len(self._order)
+        return sorted(
+            self._rows.values(), key=lambda r: (self._order.get(r.series, last), r.series)
+        )
+
+
+# -- rendering -----------------------------------------------------------------------------
+
+
+def sparkline(values: Sequence[float], width: int = DEFAULT_HISTORY) -> str:
+    """Unicode block sparkline of the last ``width`` values, scaled to their own range."""
+    points = list(values)[-width:]
+    if not points:
+        return ""
+    low, high = min(points), max(points)
+    if high - low <= abs(high) * 1e-12:
+        return SPARK_BLOCKS[len(SPARK_BLOCKS) // 2 - 1] * len(points)
+    top = len(SPARK_BLOCKS) - 1
+    return "".join(SPARK_BLOCKS[round((p - low) / (high - low) * top)] for p in points)
+
+
+def format_age(seconds: float) -> str:
+    if seconds < 0:
+        seconds = 0.0
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def format_divisor(value: float) -> str:
+    return f"{value:.6e}" if abs(value) >= 1e7 else f"{value:.10g}"
+
+
+def _signed(value: float | None, fmt: str, suffix: str = "") -> Text:
+    if value is None:
+        return Text("-", style="dim")
+    style = "green" if value > 0 else "red" if value < 0 else ""
+    return Text(f"{value:{fmt}}{suffix}", style=style)
+
+
+def render_board(board: LevelsBoard, now_ns: int, title: str = "", status: str = "") -> RenderableType:
+    """The board as a rich table (plus a status line): a pure function of its arguments."""
+    table = Table(title=title or None, title_justify="left", expand=False, header_style="bold")
+    table.add_column("Index", no_wrap=True)
+    table.add_column("Level", justify="right", no_wrap=True)
+    table.add_column("Change", justify="right", no_wrap=True)
+    table.add_column("Chg %", justify="right", no_wrap=True)
+    table.add_column("Divisor", justify="right", no_wrap=True)
+    table.add_column("Stale", justify="right", no_wrap=True)
+    table.add_column("Coverage", justify="right", no_wrap=True)
+    table.add_column("Age", justify="right", no_wrap=True)
+    table.add_column("Trend", no_wrap=True)
+    for row in board.rows():
+        if row.level is None:
+            table.add_row(row.series, Text("waiting", style="dim italic"),
+                          *[Text("-", style="dim")] * 6, "")
+            continue
+        trend_style = "green" if (row.change or 0) >= 0 else "red"
+        stale = row.stale or 0
+        coverage = row.coverage
+        coverage_style = (
+            "" if coverage is None else "green" if coverage >= 0.999 else
+            "yellow" if coverage >= 0.9 else "red"
+        )
+        age_s = (now_ns - row.ts) / 1e9 if row.ts else None
+        age_style = (
+            "" if age_s is None else "red" if age_s >= AGE_ALARM_S else
+            "yellow" if age_s >= AGE_WARN_S else ""
+        )
+        table.add_row(
+            Text(row.series, style="bold"),
+            Text(f"{row.level:,.2f}"),
+            _signed(row.change, "+,.2f"),
+            _signed(row.change_pct, "+.2f", "%"),
+            Text(format_divisor(row.divisor)) if row.divisor is not None else Text("-"),
+            Text(str(stale), style="yellow" if stale else "dim"),
+            Text(f"{coverage:.1%}", style=coverage_style) if coverage is not None else Text("-"),
+            Text(format_age(age_s), style=age_style) if age_s is not None else Text("-"),
+            Text(sparkline(row.history, board.history), style=trend_style),
+        )
+    if not status:
+        return table
+    return Group(table, Text(status, style="dim"))
