@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -87,10 +88,15 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
         description="Streaming market-data index calculator: MQTT ticks in, index levels to Redis.",
     )
     parser.add_argument("--version", action="version", version=f"streamer {__version__}")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text",
-                        help="log line format (json for log shippers)")
-    parser.add_argument("--log-level", default="info",
-                        choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log line format (json for log shippers)",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error")
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         # Only the chosen command's module is imported; the others get a bare entry for --help.
@@ -133,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     return code
 
 

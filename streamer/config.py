@@ -30,8 +30,45 @@ VARIANT_SUFFIX: dict[str, str] = {"price": "", "total": ".TR", "net": ".NTR"}
 
 # ISO 4217 codes a desk is likely to meet; an index or constituent in any other code is a typo.
 KNOWN_CURRENCIES = frozenset(
-    "USD EUR GBP JPY CHF CAD AUD NZD SEK NOK DKK HKD SGD CNY CNH KRW TWD INR BRL MXN ZAR "
-    "PLN CZK HUF TRY ILS SAR AED RUB THB MYR IDR PHP CLP COP PEN ARS".split()
+    (
+        "USD",
+        "EUR",
+        "GBP",
+        "JPY",
+        "CHF",
+        "CAD",
+        "AUD",
+        "NZD",
+        "SEK",
+        "NOK",
+        "DKK",
+        "HKD",
+        "SGD",
+        "CNY",
+        "CNH",
+        "KRW",
+        "TWD",
+        "INR",
+        "BRL",
+        "MXN",
+        "ZAR",
+        "PLN",
+        "CZK",
+        "HUF",
+        "TRY",
+        "ILS",
+        "SAR",
+        "AED",
+        "RUB",
+        "THB",
+        "MYR",
+        "IDR",
+        "PHP",
+        "CLP",
+        "COP",
+        "PEN",
+        "ARS",
+    )
 )
 
 
@@ -229,8 +266,11 @@ def validate_index(d: IndexDefinition) -> None:
     if d.base_value is not None and not _positive(d.base_value):
         raise fail("base_value", f"must be a positive number, got {d.base_value}")
     if d.method == "equal" and d.base_value is None:
-        raise fail("base_value", "an equal-weighted index sets its weights at the first prices, "
-                   "so it needs `base_value`, not `divisor`")
+        raise fail(
+            "base_value",
+            "an equal-weighted index sets its weights at the first prices, "
+            "so it needs `base_value`, not `divisor`",
+        )
     if not d.variants or len(set(d.variants)) != len(d.variants):
         raise fail("variants", "must list each of price/total/net at most once, at least one")
     if not d.constituents:
@@ -271,9 +311,13 @@ def _validate_settings(s: _SettingsFile, path: Path) -> None:
         return ConfigError(f"{path}: field `{field}`: {problem}")
 
     if not re.match(r"^mqtts?://", s.mqtt.url):
-        raise fail("mqtt.url", f"must start with mqtt:// or mqtts://, got {redact_url(s.mqtt.url)!r}")
+        raise fail(
+            "mqtt.url", f"must start with mqtt:// or mqtts://, got {redact_url(s.mqtt.url)!r}"
+        )
     if not re.match(r"^rediss?://", s.redis.url):
-        raise fail("redis.url", f"must start with redis:// or rediss://, got {redact_url(s.redis.url)!r}")
+        raise fail(
+            "redis.url", f"must start with redis:// or rediss://, got {redact_url(s.redis.url)!r}"
+        )
     if not s.mqtt.topics:
         raise fail("mqtt.topics", "subscribe to at least one topic")
     if s.mqtt.max_payload_bytes <= 0:
@@ -324,7 +368,9 @@ def _read_constituents_csv(path: Path) -> tuple[ConstituentSpec, ...]:
         raise ConfigError(f"{path}: line 1: the header must start with `symbol`, got {rows[0]!r}")
     for h in header:
         if h not in _CSV_COLUMNS:
-            raise ConfigError(f"{path}: line 1: unknown column `{h}` (known: {', '.join(_CSV_COLUMNS)})")
+            raise ConfigError(
+                f"{path}: line 1: unknown column `{h}` (known: {', '.join(_CSV_COLUMNS)})"
+            )
     out: list[ConstituentSpec] = []
     for lineno, row in enumerate(rows[1:], start=2):
         if len(row) > len(header):
@@ -356,21 +402,24 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], path: 
         table = raw.get(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: field `{section}`: must be a table")
-        if f"password" in table:
+        if "password" in table:
             raise ConfigError(
                 f"{path}: field `{section}.password`: passwords are read only from the "
-                f"environment (STREAMER_{section.upper()}_PASSWORD) or a file, never from the config"
+                f"environment (STREAMER_{section.upper()}_PASSWORD) or a file, "
+                "never from the config"
             )
         prefix = f"STREAMER_{section.upper()}_"
         for name, value in environ.items():
             if not name.startswith(prefix):
                 continue
-            key = name[len(prefix):].lower()
+            key = name[len(prefix) :].lower()
             if key == "password_file":
                 try:
                     table["password"] = Path(value).read_text(encoding="utf-8").strip()
                 except OSError as exc:
-                    raise ConfigError(f"{name}: cannot read password file: {exc.strerror}") from None
+                    raise ConfigError(
+                        f"{name}: cannot read password file: {exc.strerror}"
+                    ) from None
             elif key == "topics":
                 table[key] = [t.strip() for t in value.split(",") if t.strip()]
             else:

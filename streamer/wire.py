@@ -8,7 +8,6 @@ batch costs that element, not the batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -38,8 +37,9 @@ class ReferenceLevel(msgspec.Struct, frozen=True, gc=False):
     ts: int | None = None
 
 
-class _Action(msgspec.Struct, frozen=True, tag_field="action", forbid_unknown_fields=True,
-              kw_only=True):
+class _Action(
+    msgspec.Struct, frozen=True, tag_field="action", forbid_unknown_fields=True, kw_only=True
+):
     id: str
     effective: int | None = None  # UTC ns; None: now
 
@@ -131,7 +131,7 @@ class PayloadDecoder(Generic[T]):
 
     def __init__(self, message_type: Any) -> None:
         self._type = message_type
-        target = message_type | list[message_type]  # type: ignore[operator]
+        target = message_type | list[message_type]
         self._json = msgspec.json.Decoder(target)
         self._msgpack = msgspec.msgpack.Decoder(target)
         self._json_any = msgspec.json.Decoder()
@@ -209,10 +209,11 @@ def kind_of_object(obj: Any) -> MessageKind | None:
     return None
 
 
-_CONVERTERS: dict[MessageKind, Callable[[Any], Any]] = {
-    kind: (lambda obj, t=t: msgspec.convert(obj, t))
-    for kind, t in (("tick", Tick), ("fx", FxRate), ("reference", ReferenceLevel),
-                    ("control", Action))
+_MESSAGE_TYPES: dict[MessageKind, Any] = {
+    "tick": Tick,
+    "fx": FxRate,
+    "reference": ReferenceLevel,
+    "control": Action,
 }
 
 
@@ -222,7 +223,7 @@ def message_from_object(obj: Any) -> Message:
     if kind is None:
         raise ValueError("not a tick, fx rate, reference level or control action")
     try:
-        message: Message = _CONVERTERS[kind](obj)
+        message: Message = msgspec.convert(obj, _MESSAGE_TYPES[kind])
     except msgspec.ValidationError as exc:
         raise ValueError(f"{kind}: {exc}") from None
     return message

@@ -33,8 +33,11 @@ MAX_REPORTED_ERRORS = 10
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="PATH", help="service config (TOML)")
     parser.add_argument("files", nargs="+", metavar="FILE", help="JSON Lines message files")
-    parser.add_argument("--every", action="store_true",
-                        help="print every change (one message at a time), not only final levels")
+    parser.add_argument(
+        "--every",
+        action="store_true",
+        help="print every change (one message at a time), not only final levels",
+    )
 
 
 @dataclass
@@ -143,8 +146,10 @@ def _apply(engine: Engine, summary: _Summary, out: TextIO, every: bool, **batch:
 
 
 def _print_level(out: TextIO, series: str, level: float, divisor: float, source_ts: int) -> None:
-    out.write(json.dumps({"index": series, "level": level, "divisor": divisor,
-                          "source_ts": source_ts}) + "\n")
+    out.write(
+        json.dumps({"index": series, "level": level, "divisor": divisor, "source_ts": source_ts})
+        + "\n"
+    )
 
 
 def _report(summary: _Summary, engine: Engine, err: TextIO) -> None:
@@ -158,8 +163,11 @@ def _report(summary: _Summary, engine: Engine, err: TextIO) -> None:
         outcomes = ", ".join(f"{o}/{r} {n}" for (o, r), n in sorted(summary.outcomes.items()))
         err.write(f"calc: ticks: {outcomes}\n")
     rejected = ", ".join(f"{r} {n}" for r, n in sorted(summary.actions_rejected.items()))
-    err.write(f"calc: actions: {summary.actions_applied} applied"
-              + (f", rejected: {rejected}" if rejected else "") + "\n")
+    err.write(
+        f"calc: actions: {summary.actions_applied} applied"
+        + (f", rejected: {rejected}" if rejected else "")
+        + "\n"
+    )
     unpublished = [s for s in engine.series_ids if engine.level_of(s) is None]
     if unpublished:
         err.write(f"calc: no level yet (prices or FX missing): {', '.join(unpublished)}\n")

@@ -21,15 +21,24 @@ def main(args: argparse.Namespace) -> int:
     print(f"config {settings.path}: OK")
     print(f"  mqtt    {redact_url(settings.mqtt.url)}  topics {', '.join(settings.mqtt.topics)}")
     print(f"  redis   {redact_url(settings.redis.url)}  prefix {settings.redis.prefix}")
-    print(f"  metrics {settings.metrics.listen}  publish interval {settings.publish.interval_ms} ms")
-    print(f"  {len(settings.indices)} indices, {len(engine.series_ids)} series, "
-          f"{len(engine.book)} symbols")
+    print(
+        f"  metrics {settings.metrics.listen}  publish interval {settings.publish.interval_ms} ms"
+    )
+    print(
+        f"  {len(settings.indices)} indices, {len(engine.series_ids)} series, "
+        f"{len(engine.book)} symbols"
+    )
     width = max(len(d.id) for d in settings.indices)
     for d in settings.indices:
         currencies = sorted({c.currency or d.currency for c in d.constituents})
         basis = f"divisor {d.divisor:g}" if d.divisor is not None else f"base {d.base_value:g}"
-        print(f"  {d.id:<{width}}  {d.method:<5}  {d.currency}  {len(d.constituents):>4} "
-              f"constituents  {basis:<20}  variants {','.join(d.variants)}"
-              + (f"  (constituent currencies {','.join(currencies)})"
-                 if currencies != [d.currency] else ""))
+        print(
+            f"  {d.id:<{width}}  {d.method:<5}  {d.currency}  {len(d.constituents):>4} "
+            f"constituents  {basis:<20}  variants {','.join(d.variants)}"
+            + (
+                f"  (constituent currencies {','.join(currencies)})"
+                if currencies != [d.currency]
+                else ""
+            )
+        )
     return 0

@@ -23,21 +23,44 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE",
-                        help="recordings, replayed one after another: *.csv is "
-                             "symbol,price[,ts]; anything else JSON Lines")
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="recordings, replayed one after another: *.csv is "
+        "symbol,price[,ts]; anything else JSON Lines",
+    )
     pace = parser.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=1.0, metavar="X",
-                      help="scale recorded time: 2 replays twice as fast (default 1)")
-    pace.add_argument("--max-speed", action="store_true",
-                      help="ignore recorded timing, publish as fast as possible")
-    parser.add_argument("--max-gap", type=float, metavar="S",
-                        help="shorten any recorded pause longer than S seconds to S")
-    parser.add_argument("--format", choices=("json", "msgpack"), default="json",
-                        help="payload encoding (default json: lines are sent as recorded)")
+    pace.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="scale recorded time: 2 replays twice as fast (default 1)",
+    )
+    pace.add_argument(
+        "--max-speed",
+        action="store_true",
+        help="ignore recorded timing, publish as fast as possible",
+    )
+    parser.add_argument(
+        "--max-gap",
+        type=float,
+        metavar="S",
+        help="shorten any recorded pause longer than S seconds to S",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("json", "msgpack"),
+        default="json",
+        help="payload encoding (default json: lines are sent as recorded)",
+    )
     broker = parser.add_mutually_exclusive_group()
-    broker.add_argument("--mqtt-url", metavar="URL",
-                        help="broker (default STREAMER_MQTT_URL, else mqtt://127.0.0.1:1883)")
+    broker.add_argument(
+        "--mqtt-url",
+        metavar="URL",
+        help="broker (default STREAMER_MQTT_URL, else mqtt://127.0.0.1:1883)",
+    )
     broker.add_argument("--config", metavar="PATH", help="take the broker from a service config")
 
 
@@ -57,9 +80,14 @@ def main(args: argparse.Namespace) -> int:
         return 2
     log.info(
         "replay starting",
-        extra={"fields": {"broker": endpoint.display, "files": len(args.files),
-                          "messages": len(records),
-                          "speed": "max" if args.max_speed else args.speed}},
+        extra={
+            "fields": {
+                "broker": endpoint.display,
+                "files": len(args.files),
+                "messages": len(records),
+                "speed": "max" if args.max_speed else args.speed,
+            }
+        },
     )
     with stop_on_signals() as stop:
         publisher = MqttPublisher(endpoint, reconnect=True, should_stop=stop.is_set)

@@ -22,27 +22,60 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="PATH",
-                        help=f"service config naming the indices and the broker "
-                             f"(default {DEFAULT_CONFIG})")
-    parser.add_argument("--mqtt-url", metavar="URL",
-                        help="broker to publish to (default: the config's [mqtt].url, "
-                             "or STREAMER_MQTT_URL)")
-    parser.add_argument("--rate", type=_positive_float, default=1000.0, metavar="TICKS_PER_S",
-                        help="ticks per second (default 1000)")
-    parser.add_argument("--batch", type=_positive_int, default=1, metavar="N",
-                        help="ticks per message: 1 publishes on ticks/<symbol>, more publishes "
-                             "arrays on ticks/batch (default 1)")
-    parser.add_argument("--format", choices=("json", "msgpack"), default="json",
-                        help="payload encoding (default json)")
-    parser.add_argument("--duration", type=_positive_float, metavar="S",
-                        help="stop after S seconds (default: run until Ctrl-C)")
+    parser.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        metavar="PATH",
+        help=f"service config naming the indices and the broker (default {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--mqtt-url",
+        metavar="URL",
+        help="broker to publish to (default: the config's [mqtt].url, or STREAMER_MQTT_URL)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=1000.0,
+        metavar="TICKS_PER_S",
+        help="ticks per second (default 1000)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="ticks per message: 1 publishes on ticks/<symbol>, more publishes "
+        "arrays on ticks/batch (default 1)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("json", "msgpack"),
+        default="json",
+        help="payload encoding (default json)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="S",
+        help="stop after S seconds (default: run until Ctrl-C)",
+    )
     parser.add_argument("--seed", type=int, help="random seed, for a reproducible feed")
-    parser.add_argument("--time-scale", type=_positive_float, default=1.0, metavar="X",
-                        help="simulated trading seconds per real second; >1 makes prices move "
-                             "faster than a real market (default 1)")
-    parser.add_argument("--fx-interval", type=_positive_float, default=0.5, metavar="S",
-                        help="seconds between FX updates (default 0.5)")
+    parser.add_argument(
+        "--time-scale",
+        type=_positive_float,
+        default=1.0,
+        metavar="X",
+        help="simulated trading seconds per real second; >1 makes prices move "
+        "faster than a real market (default 1)",
+    )
+    parser.add_argument(
+        "--fx-interval",
+        type=_positive_float,
+        default=0.5,
+        metavar="S",
+        help="seconds between FX updates (default 0.5)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

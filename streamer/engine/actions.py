@@ -67,8 +67,9 @@ def _positive(x: float | None) -> bool:
     return x is not None and math.isfinite(x) and x > 0.0
 
 
-def _bad_params(shares: float | None, iwf: float | None, awf: float | None,
-                withholding: float | None = None) -> str | None:
+def _bad_params(
+    shares: float | None, iwf: float | None, awf: float | None, withholding: float | None = None
+) -> str | None:
     if shares is not None and not _positive(shares):
         return "bad_shares"
     if iwf is not None and not (math.isfinite(iwf) and 0.0 < iwf <= 1.0):
@@ -101,7 +102,7 @@ def _requote_q(engine: Engine, rows: np.ndarray, scale: float = 1.0) -> None:
             m.q[r] = m.awf[r]
         else:
             m.q[r] *= scale
-    m.refresh_fx(engine.fx.factor)
+    engine._refresh_fx()
 
 
 def _reprice(engine: Engine, sid: int, adjust: Callable[[float], float], effective: int) -> None:
@@ -122,8 +123,15 @@ def _member_value(engine: Engine, rows: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- symbol events
 
 
-def _price_event(engine: Engine, action_id: str, kind: str, symbol: str, effective: int,
-                 adjust: Callable[[float], float], share_scale: float = 1.0) -> Outcome:
+def _price_event(
+    engine: Engine,
+    action_id: str,
+    kind: str,
+    symbol: str,
+    effective: int,
+    adjust: Callable[[float], float],
+    share_scale: float = 1.0,
+) -> Outcome:
     """An event that changes a symbol's price (and maybe its share count) everywhere."""
     sid = engine.book.ids.get(symbol)
     if sid is None:
@@ -136,8 +144,9 @@ def _price_event(engine: Engine, action_id: str, kind: str, symbol: str, effecti
             engine.members.shares[rows] *= share_scale
             _requote_q(engine, rows, share_scale)
 
-    return engine.adjust(_indices_of_symbol(engine, sid), change, kind, action_id, symbol,
-                         effective)
+    return engine.adjust(
+        _indices_of_symbol(engine, sid), change, kind, action_id, symbol, effective
+    )
 
 
 def _priced(engine: Engine, symbol: str) -> float | None:
@@ -162,8 +171,7 @@ def _special_dividend(engine: Engine, a: SpecialDividend, effective: int) -> Out
     if not _positive(a.amount) or a.amount >= price:
         return "bad_amount"
     amount = a.amount
-    return _price_event(engine, a.id, "special_dividend", a.symbol, effective,
-                        lambda p: p - amount)
+    return _price_event(engine, a.id, "special_dividend", a.symbol, effective, lambda p: p - amount)
 
 
 def _rights(engine: Engine, a: RightsIssue, effective: int) -> Outcome:
@@ -177,8 +185,15 @@ def _rights(engine: Engine, a: RightsIssue, effective: int) -> Outcome:
     if not _positive(a.price):
         return "bad_price"
     ratio, subscription = a.ratio, a.price
-    return _price_event(engine, a.id, "rights", a.symbol, effective,
-                        lambda p: (p + ratio * subscription) / (1.0 + ratio), 1.0 + ratio)
+    return _price_event(
+        engine,
+        a.id,
+        "rights",
+        a.symbol,
+        effective,
+        lambda p: (p + ratio * subscription) / (1.0 + ratio),
+        1.0 + ratio,
+    )
 
 
 def _spinoff(engine: Engine, a: Spinoff, effective: int) -> Outcome:
@@ -211,11 +226,20 @@ def _dividend(engine: Engine, a: Dividend, effective: int) -> Outcome:
         if not math.isnan(divisor) and math.isfinite(m.qfx[r]):
             gross = a.amount * float(m.qfx[r]) / divisor
             engine.returns.add_dividend(j, gross, gross * (1.0 - float(m.withholding[r])))
-            engine.dirty[j] = True
-        records.append(AuditRecord(
-            action_id=a.id, action="dividend", index=engine.index_ids[j], symbol=a.symbol,
-            effective=effective, divisor_before=divisor, divisor_after=divisor,
-            level_before=level, level_after=level))
+            engine._mark_dirty(np.array([j]))
+        records.append(
+            AuditRecord(
+                action_id=a.id,
+                action="dividend",
+                index=engine.index_ids[j],
+                symbol=a.symbol,
+                effective=effective,
+                divisor_before=divisor,
+                divisor_after=divisor,
+                level_before=level,
+                level_after=level,
+            )
+        )
     return records
 
 
@@ -246,8 +270,9 @@ def _shares(engine: Engine, a: SharesChange, effective: int) -> Outcome:
             m.awf[rows] = a.awf
         _requote_q(engine, rows)
 
-    return engine.adjust(engine.members.index[rows].tolist(), change, "shares", a.id, a.symbol,
-                         effective)
+    return engine.adjust(
+        engine.members.index[rows].tolist(), change, "shares", a.id, a.symbol, effective
+    )
 
 
 # ---------------------------------------------------------------------- index changes
@@ -276,9 +301,15 @@ def _add(engine: Engine, a: AddConstituent, effective: int) -> Outcome:
     established = not math.isnan(engine.divisor[j])
     if established and not has_price:
         return "no_price"
-    spec = ConstituentSpec(symbol=a.symbol, shares=a.shares or 1.0, iwf=a.iwf or 1.0,
-                           awf=a.awf or 1.0, currency=a.currency,
-                           withholding=a.withholding or 0.0, price=a.price)
+    spec = ConstituentSpec(
+        symbol=a.symbol,
+        shares=a.shares or 1.0,
+        iwf=a.iwf or 1.0,
+        awf=a.awf or 1.0,
+        currency=a.currency,
+        withholding=a.withholding or 0.0,
+        price=a.price,
+    )
 
     def change() -> None:
         _insert_members(engine, j, [spec], effective)
@@ -328,7 +359,8 @@ def _rebalance(engine: Engine, a: Rebalance, effective: int) -> Outcome:
             if s.currency is not None and s.currency not in KNOWN_CURRENCIES:
                 return "unknown_currency"
             priced = (sid is not None and not math.isnan(engine.book.price[sid])) or (
-                s.price is not None)
+                s.price is not None
+            )
             if established and not priced:
                 return "no_price"
     elif engine.methods[j] == "equal" and established and engine.missing[j] > 0:
@@ -373,8 +405,9 @@ def _insert_members(engine: Engine, j: int, specs: list[ConstituentSpec], effect
             book.price[sid] = s.price
             book.source_ts[sid] = effective
             seeded.append(sid)
-        rows_out.append((sid, j, s.shares, s.iwf, s.awf, s.withholding,
-                         engine._q(j, s.shares, s.iwf, s.awf)))
+        rows_out.append(
+            (sid, j, s.shares, s.iwf, s.awf, s.withholding, engine._q(j, s.shares, s.iwf, s.awf))
+        )
     engine._append_entries(rows_out)
     engine._rebuild()
     if seeded:
@@ -386,4 +419,4 @@ def _insert_members(engine: Engine, j: int, specs: list[ConstituentSpec], effect
             r = m.find(sid, j)
             unit = float(book.price[sid]) * float(engine.fx.factor[m.fx_slot[r]])
             m.q[r] = equal_value / unit
-        m.refresh_fx(engine.fx.factor)
+        engine._refresh_fx()

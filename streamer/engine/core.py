@@ -22,6 +22,7 @@ import numpy as np
 
 from streamer.config import IndexDefinition, QualitySettings
 from streamer.engine import kernels
+from streamer.engine.actions import apply_action
 from streamer.engine.fx import FxBook
 from streamer.engine.quality import screen_one, screen_round
 from streamer.engine.results import (
@@ -46,11 +47,20 @@ DIVISOR_EPSILON = 1e-13
 EQUAL_WEIGHT_NOTIONAL = 1e6
 
 Clock = Callable[[], int]
+EntryRow = tuple[int, int, float, float, float, float, float]
+
+
+def rows_keys(rows: Sequence[EntryRow]) -> list[tuple[int, int]]:
+    return [(row[0], row[1]) for row in rows]
 
 
 class Engine:
-    def __init__(self, definitions: Sequence[IndexDefinition],
-                 quality: QualitySettings | None = None, clock: Clock = time.time_ns) -> None:
+    def __init__(
+        self,
+        definitions: Sequence[IndexDefinition],
+        quality: QualitySettings | None = None,
+        clock: Clock = time.time_ns,
+    ) -> None:
         quality = quality or QualitySettings()
         self.clock = clock
         self.small_batch = SMALL_BATCH
@@ -64,9 +74,11 @@ class Engine:
         n = len(self.definitions)
         self.n_indices = n
         self.configured_divisor: F64 = np.array(
-            [d.divisor if d.divisor is not None else np.nan for d in self.definitions])
+            [d.divisor if d.divisor is not None else np.nan for d in self.definitions]
+        )
         self.base_value: F64 = np.array(
-            [d.base_value if d.base_value is not None else np.nan for d in self.definitions])
+            [d.base_value if d.base_value is not None else np.nan for d in self.definitions]
+        )
         self.divisor: F64 = np.full(n, np.nan)
         self.sums: F64 = np.zeros(n)
         self.missing: I64 = np.zeros(n, dtype=np.int64)
@@ -88,7 +100,15 @@ class Engine:
             for sid, variant in zip(d.series_ids(), d.variants, strict=True)
         ]
         self.series_ids = tuple(s for s, _, _ in self.series)
+        self._series_of_index: list[list[str]] = [[] for _ in range(n)]
+        for s, j, _ in self.series:
+            self._series_of_index[j].append(s)
+        # Per-symbol rows as Python lists, for the per-tick path (cleared on any rebuild).
+        self._row_cache: dict[int, tuple[list[int], list[float]]] = {}
+        self._any_dirty = False
+        self._dirty_few: set[int] = set()  # the per-tick path marks here: cheaper than numpy
         self._series_by_id = {s: (j, v) for s, j, v in self.series}
+        self._maybe_unestablished = True
         self._load_constituents()
 
     # ------------------------------------------------------------------ construction
@@ -106,17 +126,29 @@ class Engine:
                 elif self.book.currency[sid] != currency:
                     raise ConfigError(
                         f"{d.source or d.id}: field `constituents[{c.symbol}].currency`: "
-                        f"{currency} here but {self.book.currency[sid]} in another index")
+                        f"{currency} here but {self.book.currency[sid]} in another index"
+                    )
                 if c.price is not None:
-                    if c.symbol in seed and not math.isclose(seed[c.symbol][0], c.price,
-                                                             rel_tol=1e-12):
+                    if c.symbol in seed and not math.isclose(
+                        seed[c.symbol][0], c.price, rel_tol=1e-12
+                    ):
                         raise ConfigError(
                             f"{d.source or d.id}: field `constituents[{c.symbol}].price`: "
-                            f"{c.price} here but {seed[c.symbol][0]} in {seed[c.symbol][1]}")
+                            f"{c.price} here but {seed[c.symbol][0]} in {seed[c.symbol][1]}"
+                        )
                     seed[c.symbol] = (c.price, d.source or d.id)
                     self.book.price[sid] = c.price
-                rows.append((sid, j, c.shares, c.iwf, c.awf, c.withholding,
-                             self._q(j, c.shares, c.iwf, c.awf)))
+                rows.append(
+                    (
+                        sid,
+                        j,
+                        c.shares,
+                        c.iwf,
+                        c.awf,
+                        c.withholding,
+                        self._q(j, c.shares, c.iwf, c.awf),
+                    )
+                )
         self._append_entries(rows)
         self._rebuild()
         self.sums, self.missing = kernels.full_sums(self.members, self.book.price, self.n_indices)
@@ -133,26 +165,52 @@ class Engine:
             return awf
         return 1.0
 
-    def _append_entries(self, rows: Sequence[tuple[int, int, float, float, float, float, float]]
-                        ) -> None:
+    def _append_entries(
+        self, rows: Sequence[tuple[int, int, float, float, float, float, float]]
+    ) -> None:
         if not rows:
             return
         columns = list(zip(*rows, strict=True))
         sid = np.array(columns[0], dtype=np.int64)
         index = np.array(columns[1], dtype=np.int64)
-        fx_slot = np.array([self.fx.slot(self.book.currency[s], self.currencies[j])
-                            for s, j in zip(columns[0], columns[1], strict=True)], dtype=np.int64)
-        self.members.append(sid, index, *(np.array(c, dtype=np.float64) for c in columns[2:]),
-                            fx_slot=fx_slot)
+        fx_slot = np.array(
+            [self.fx.slot(self.book.currency[s], self.currencies[j]) for s, j in rows_keys(rows)],
+            dtype=np.int64,
+        )
+        shares, iwf, awf, withholding, q = (np.array(c, dtype=np.float64) for c in columns[2:])
+        self.members.append(sid, index, shares, iwf, awf, withholding, q, fx_slot)
 
     def _rebuild(self) -> None:
         self.members.rebuild(len(self.book), self.n_indices, self.fx.factor)
+        self._row_cache.clear()
+
+    def _refresh_fx(self) -> None:
+        self.members.refresh_fx(self.fx.factor)
+        self._row_cache.clear()
+
+    def _row(self, sid: int) -> tuple[list[int], list[float]]:
+        row = self._row_cache.get(sid)
+        if row is None:
+            m = self.members
+            start, stop = int(m.row_ptr[sid]), int(m.row_ptr[sid + 1])
+            row = (m.index[start:stop].tolist(), m.qfx0[start:stop].tolist())
+            self._row_cache[sid] = row
+        return row
+
+    def _mark_dirty(self, indices: I64 | Mask | slice) -> None:
+        self.dirty[indices] = True
+        self._any_dirty = True
 
     # ------------------------------------------------------------------ the batch entry point
 
-    def apply(self, ticks: Sequence[Tick] = (), fx: Sequence[FxRate] = (),
-              actions: Sequence[Action] = (), references: Sequence[ReferenceLevel] = (),
-              received_ns: int | None = None) -> BatchResult:
+    def apply(
+        self,
+        ticks: Sequence[Tick] = (),
+        fx: Sequence[FxRate] = (),
+        actions: Sequence[Action] = (),
+        references: Sequence[ReferenceLevel] = (),
+        received_ns: int | None = None,
+    ) -> BatchResult:
         """Apply one micro-batch; returns outcome counts, changed series and audit records."""
         now = self.clock() if received_ns is None else received_ns
         result = BatchResult()
@@ -164,10 +222,14 @@ class Engine:
             symbols = [t.symbol for t in ticks]
             sids = self.book.lookup(symbols)
             prices = np.fromiter((t.price for t in ticks), dtype=np.float64, count=len(ticks))
-            ts = np.fromiter((now if t.ts is None else t.ts for t in ticks), dtype=np.int64,
-                             count=len(ticks))
-            seqs = np.fromiter((NO_SEQ if t.seq is None else t.seq for t in ticks),
-                               dtype=np.int64, count=len(ticks))
+            ts = np.fromiter(
+                (now if t.ts is None else t.ts for t in ticks), dtype=np.int64, count=len(ticks)
+            )
+            seqs = np.fromiter(
+                (NO_SEQ if t.seq is None else t.seq for t in ticks),
+                dtype=np.int64,
+                count=len(ticks),
+            )
             self._apply_ticks(sids, prices, ts, seqs, now, result)
         self._apply_due(now, result)
         self._finish(result)
@@ -175,8 +237,9 @@ class Engine:
             self._reference(ref, result)
         return result
 
-    def apply_tick_arrays(self, sids: I64, prices: F64, ts: I64, seqs: I64,
-                          received_ns: int | None = None) -> BatchResult:
+    def apply_tick_arrays(
+        self, sids: I64, prices: F64, ts: I64, seqs: I64, received_ns: int | None = None
+    ) -> BatchResult:
         """The kernel entry point for already-decoded arrays (sid -1 = unknown symbol)."""
         now = self.clock() if received_ns is None else received_ns
         result = BatchResult()
@@ -198,8 +261,12 @@ class Engine:
 
     # ------------------------------------------------------------------ ticks
 
-    def _apply_ticks(self, sids: I64, prices: F64, ts: I64, seqs: I64, now: int,
-                     result: BatchResult) -> None:
+    def _apply_ticks(
+        self, sids: I64, prices: F64, ts: I64, seqs: I64, now: int, result: BatchResult
+    ) -> None:
+        if len(sids) <= self.small_batch and not self._pending:
+            self._screen_and_move_each(sids, prices, ts, seqs, now, result)
+            return
         known = sids >= 0
         if not known.all():
             result.outcomes[REJECTED, UNKNOWN_SYMBOL] += int((~known).sum())
@@ -209,16 +276,18 @@ class Engine:
             effective = self._pending[0][0]
             before = ts < effective
             if before.any():
-                self._screen_and_move(sids[before], prices[before], ts[before], seqs[before],
-                                      now, result)
+                self._screen_and_move(
+                    sids[before], prices[before], ts[before], seqs[before], now, result
+                )
                 after = ~before
                 sids, prices, ts, seqs = sids[after], prices[after], ts[after], seqs[after]
             self._apply_due(effective, result)
         if len(sids):
             self._screen_and_move(sids, prices, ts, seqs, now, result)
 
-    def _screen_and_move(self, sids: I64, prices: F64, ts: I64, seqs: I64, now: int,
-                         result: BatchResult) -> None:
+    def _screen_and_move(
+        self, sids: I64, prices: F64, ts: I64, seqs: I64, now: int, result: BatchResult
+    ) -> None:
         if len(sids) <= self.small_batch:
             self._screen_and_move_each(sids, prices, ts, seqs, now, result)
             return
@@ -227,8 +296,16 @@ class Engine:
         touched = np.flatnonzero(counts)
         before = book.price[touched]
         for positions in kernels.occurrence_rounds(sids, counts):
-            screen_round(book, sids[positions], prices[positions], ts[positions],
-                         seqs[positions], self.band, now, result.outcomes)
+            screen_round(
+                book,
+                sids[positions],
+                prices[positions],
+                ts[positions],
+                seqs[positions],
+                self.band,
+                now,
+                result.outcomes,
+            )
         after = book.price[touched]
         moved = (after != before) & ~np.isnan(after)
         first = moved & np.isnan(before)
@@ -238,33 +315,41 @@ class Engine:
         if first.any():
             self._first_prices(touched[first])
 
-    def _screen_and_move_each(self, sids: I64, prices: F64, ts: I64, seqs: I64, now: int,
-                              result: BatchResult) -> None:
-        book, members = self.book, self.members
+    def _screen_and_move_each(
+        self, sids: I64, prices: F64, ts: I64, seqs: I64, now: int, result: BatchResult
+    ) -> None:
+        book, sums, dirty_few, newest = self.book, self.sums, self._dirty_few, self.newest_ts
         first: list[int] = []
-        for sid, price, t, seq in zip(sids.tolist(), prices.tolist(), ts.tolist(),
-                                      seqs.tolist(), strict=True):
+        for sid, price, t, seq in zip(
+            sids.tolist(), prices.tolist(), ts.tolist(), seqs.tolist(), strict=True
+        ):
+            if sid < 0:
+                result.outcomes[REJECTED, UNKNOWN_SYMBOL] += 1
+                continue
             before = float(book.price[sid])
             if not screen_one(book, sid, price, t, seq, self.band, now, result.outcomes):
                 continue
             if math.isnan(before):
                 first.append(sid)
                 continue
-            start, stop = int(members.row_ptr[sid]), int(members.row_ptr[sid + 1])
-            if start == stop or price == before:
+            change = price - before
+            if change == 0.0:
                 continue
-            where = members.index[start:stop]
-            contribution = (price - before) * members.qfx0[start:stop]
-            self.sums[where] += contribution
-            self.dirty[where[contribution != 0.0]] = True
-            self.newest_ts[where] = np.maximum(self.newest_ts[where], t)
+            # Python scalars beat numpy calls on rows of a handful of entries.
+            for j, weight in zip(*self._row(sid), strict=True):
+                contribution = change * weight
+                if contribution != 0.0:
+                    sums[j] += contribution
+                    dirty_few.add(j)
+                    if newest[j] < t:
+                        newest[j] = t
         if first:
             self._first_prices(np.array(first, dtype=np.int64))
 
     def _move(self, sids: I64, price_change: F64) -> None:
         delta, entries = kernels.index_deltas(self.members, sids, price_change, self.n_indices)
         self.sums += delta
-        self.dirty |= delta != 0.0
+        self._mark_dirty(delta != 0.0)
         kernels.raise_newest_ts(self.newest_ts, self.members, entries, self.book.source_ts)
 
     def _first_prices(self, sids: I64) -> None:
@@ -278,7 +363,7 @@ class Engine:
         sums, missing = kernels.sums_of(self.members, self.book.price, indices, self.n_indices)
         self.sums[indices] = sums[indices]
         self.missing[indices] = missing[indices]
-        self.dirty[indices] = True
+        self._mark_dirty(indices)
 
     # ------------------------------------------------------------------ fx and references
 
@@ -298,16 +383,16 @@ class Engine:
             return
         previous = self.fx.refresh()
         changed_slots = np.flatnonzero(
-            (previous != self.fx.factor) & ~(np.isnan(previous) & np.isnan(self.fx.factor)))
+            (previous != self.fx.factor) & ~(np.isnan(previous) & np.isnan(self.fx.factor))
+        )
         if len(changed_slots) == 0:
             return
-        self.members.refresh_fx(self.fx.factor)
+        self._refresh_fx()
         affected = np.isin(self.members.fx_slot, changed_slots)
         self._recompute_indices(np.unique(self.members.index[affected]))
 
     def _reference(self, ref: ReferenceLevel, result: BatchResult) -> None:
-        if ref.index not in self._series_by_id or not (math.isfinite(ref.level)
-                                                       and ref.level > 0):
+        if ref.index not in self._series_by_id or not (math.isfinite(ref.level) and ref.level > 0):
             return
         self.references[ref.index] = (ref.level, ref.ts or 0)
         level = self.level_of(ref.index)
@@ -325,18 +410,37 @@ class Engine:
     # ------------------------------------------------------------------ establishing levels
 
     def _finish(self, result: BatchResult) -> None:
-        self._establish(np.flatnonzero(np.isnan(self.divisor) & (self.missing == 0)
-                                       & (self.members.count > 0)))
-        changed = self.dirty & ~np.isnan(self.divisor)
-        if changed.any():
-            result.changed.extend(s for s, j, _ in self.series if changed[j])
-        self.dirty[:] = False
+        if self._unestablished:
+            self._establish(
+                np.flatnonzero(
+                    np.isnan(self.divisor) & (self.missing == 0) & (self.members.count > 0)
+                )
+            )
+        changed: set[int] = set()
+        if self._any_dirty:
+            marked = np.flatnonzero(self.dirty)
+            self.dirty[marked] = False
+            self._any_dirty = False
+            changed.update(marked.tolist())
+        if self._dirty_few:
+            changed |= self._dirty_few
+            self._dirty_few = set()
+        series_of, divisor = self._series_of_index, self.divisor
+        for j in sorted(changed):
+            if not math.isnan(divisor[j]):
+                result.changed.extend(series_of[j])
+
+    @property
+    def _unestablished(self) -> int:
+        return int(np.isnan(self.divisor).sum()) if self._maybe_unestablished else 0
 
     def _establish(self, candidates: I64) -> None:
         """Fix the divisor of indices that just got their first complete set of prices."""
-        candidates = candidates[np.isnan(self.divisor[candidates])
-                                & (self.missing[candidates] == 0)
-                                & (self.members.count[candidates] > 0)]
+        candidates = candidates[
+            np.isnan(self.divisor[candidates])
+            & (self.missing[candidates] == 0)
+            & (self.members.count[candidates] > 0)
+        ]
         if len(candidates) == 0:
             return
         equal = [j for j in candidates.tolist() if self.methods[j] == "equal"]
@@ -344,10 +448,12 @@ class Engine:
             self._set_equal_weights(np.array(equal, dtype=np.int64), EQUAL_WEIGHT_NOTIONAL)
         sums = self.sums[candidates]
         given = self.configured_divisor[candidates]
-        self.divisor[candidates] = np.where(np.isnan(given),
-                                            sums / self.base_value[candidates], given)
+        self.divisor[candidates] = np.where(
+            np.isnan(given), sums / self.base_value[candidates], given
+        )
         self.returns.start(candidates, self.sums[candidates] / self.divisor[candidates])
-        self.dirty[candidates] = True
+        self._mark_dirty(candidates)
+        self._maybe_unestablished = bool(np.isnan(self.divisor).any())
 
     def _set_equal_weights(self, indices: I64, notional: float | F64) -> None:
         """q = notional / (price * fx): every member of each index then holds the same value."""
@@ -357,7 +463,7 @@ class Engine:
             rows = m.of_index(j)
             unit = self.book.price[m.sid[rows]] * self.fx.factor[m.fx_slot[rows]]
             m.q[rows] = value / unit
-        m.refresh_fx(self.fx.factor)
+        self._refresh_fx()
         self._recompute_indices(indices)
 
     # ------------------------------------------------------------------ corporate actions
@@ -371,8 +477,6 @@ class Engine:
         heapq.heappush(self._pending, (effective, next(self._order), action))
 
     def _apply_due(self, now: int, result: BatchResult) -> None:
-        from streamer.engine.actions import apply_action
-
         while self._pending and self._pending[0][0] <= now:
             effective, _, action = heapq.heappop(self._pending)
             outcome = apply_action(self, action, effective)
@@ -386,20 +490,25 @@ class Engine:
     def pending_actions(self) -> int:
         return len(self._pending)
 
-    def adjust(self, indices: Iterable[int], change: Callable[[], None], action: str,
-               action_id: str, symbol: str, effective: int) -> list[AuditRecord]:
+    def adjust(
+        self,
+        indices: Iterable[int],
+        change: Callable[[], None],
+        action: str,
+        action_id: str,
+        symbol: str,
+        effective: int,
+    ) -> list[AuditRecord]:
         """The one divisor adjustment every index-changing event goes through.
 
         Sums before and after ``change`` are taken at the same prices, so
         ``divisor_new = divisor_old * S_after / S_before`` keeps each level where it was.
         """
         js = np.unique(np.fromiter(indices, dtype=np.int64))
-        before, missing_before = kernels.sums_of(self.members, self.book.price, js,
-                                                 self.n_indices)
+        before, missing_before = kernels.sums_of(self.members, self.book.price, js, self.n_indices)
         divisor_before = self.divisor[js].copy()
         change()
-        after, missing_after = kernels.sums_of(self.members, self.book.price, js,
-                                               self.n_indices)
+        after, missing_after = kernels.sums_of(self.members, self.book.price, js, self.n_indices)
         records = []
         for k, j in enumerate(js.tolist()):
             old_divisor = float(divisor_before[k])
@@ -410,15 +519,23 @@ class Engine:
                 if abs(ratio - 1.0) > DIVISOR_EPSILON:
                     new_divisor = old_divisor * ratio
             self.divisor[j] = new_divisor
-            records.append(AuditRecord(
-                action_id=action_id, action=action, index=self.index_ids[j], symbol=symbol,
-                effective=effective, divisor_before=old_divisor, divisor_after=new_divisor,
-                level_before=float(before[j] / old_divisor) if complete else math.nan,
-                level_after=float(after[j] / new_divisor) if complete else math.nan,
-            ))
+            records.append(
+                AuditRecord(
+                    action_id=action_id,
+                    action=action,
+                    index=self.index_ids[j],
+                    symbol=symbol,
+                    effective=effective,
+                    divisor_before=old_divisor,
+                    divisor_after=new_divisor,
+                    level_before=float(before[j] / old_divisor) if complete else math.nan,
+                    level_after=float(after[j] / new_divisor) if complete else math.nan,
+                )
+            )
         self.sums[js] = after[js]
         self.missing[js] = missing_after[js]
-        self.dirty[js] = True
+        self._mark_dirty(js)
+        self._row_cache.clear()
         return records
 
     # ------------------------------------------------------------------ reading levels
@@ -433,8 +550,9 @@ class Engine:
         """Every established series' level, by series id."""
         pr = self.pr_levels()
         by_variant = {"price": pr, "total": self.returns.total(pr), "net": self.returns.net(pr)}
-        return {s: float(by_variant[v][j]) for s, j, v in self.series
-                if not math.isnan(self.divisor[j])}
+        return {
+            s: float(by_variant[v][j]) for s, j, v in self.series if not math.isnan(self.divisor[j])
+        }
 
     def level_of(self, series: str) -> float | None:
         slot = self._series_by_id.get(series)
@@ -456,13 +574,20 @@ class Engine:
         n_symbols = len(self.book)
         now = self.clock()
         stale_symbol = ((now - self.book.fresh_ns[:n_symbols]) > self.stale_after_ns) | np.isnan(
-            self.book.price[:n_symbols])
+            self.book.price[:n_symbols]
+        )
         stale = kernels.stale_counts(self.members, stale_symbol, self.n_indices)
         pr = self.pr_levels()
-        level_by_variant = {"price": pr, "total": self.returns.total(pr),
-                            "net": self.returns.net(pr)}
-        close_by_variant = {"price": self.returns.pr_close, "total": self.returns.tr_close,
-                            "net": self.returns.ntr_close}
+        level_by_variant = {
+            "price": pr,
+            "total": self.returns.total(pr),
+            "net": self.returns.net(pr),
+        }
+        close_by_variant = {
+            "price": self.returns.pr_close,
+            "total": self.returns.tr_close,
+            "net": self.returns.ntr_close,
+        }
         out = []
         for s, j, variant in self.series:
             if (wanted is not None and s not in wanted) or math.isnan(self.divisor[j]):
@@ -470,12 +595,19 @@ class Engine:
             level = float(level_by_variant[variant][j])
             prev_close = float(close_by_variant[variant][j])
             count = int(self.members.count[j])
-            out.append(SeriesLevel(
-                series=s, level=level, divisor=float(self.divisor[j]),
-                source_ts=int(self.newest_ts[j]), prev_close=prev_close,
-                change=level - prev_close, change_pct=(level / prev_close - 1.0) * 100.0,
-                stale=int(stale[j]), coverage=(count - int(stale[j])) / count if count else 0.0,
-            ))
+            out.append(
+                SeriesLevel(
+                    series=s,
+                    level=level,
+                    divisor=float(self.divisor[j]),
+                    source_ts=int(self.newest_ts[j]),
+                    prev_close=prev_close,
+                    change=level - prev_close,
+                    change_pct=(level / prev_close - 1.0) * 100.0,
+                    stale=int(stale[j]),
+                    coverage=(count - int(stale[j])) / count if count else 0.0,
+                )
+            )
         return out
 
     def constituents(self, index_id: str) -> dict[str, float]:

@@ -39,8 +39,9 @@ def occurrence_rounds(sids: I64, counts: I64) -> list[I64]:
     return np.split(by_round, np.cumsum(sizes)[:-1])
 
 
-def index_deltas(members: Membership, sids: I64, price_change: F64,
-                 n_indices: int) -> tuple[F64, I64]:
+def index_deltas(
+    members: Membership, sids: I64, price_change: F64, n_indices: int
+) -> tuple[F64, I64]:
     """Change of every index sum when the prices of ``sids`` move by ``price_change``.
 
     Returns (delta per index, entry positions touched).  Small batches gather only the CSR
@@ -54,11 +55,15 @@ def index_deltas(members: Membership, sids: I64, price_change: F64,
         dense[sids] = price_change
         contribution = dense[members.sid] * members.qfx0
         entries = np.flatnonzero(dense[members.sid] != 0.0)
-        delta = np.bincount(members.index, weights=contribution, minlength=n_indices)
+        delta: F64 = np.bincount(members.index, weights=contribution, minlength=n_indices).astype(
+            np.float64, copy=False
+        )
         return delta, entries
     entries = members.rows(sids)
     contribution = np.repeat(price_change, lengths) * members.qfx0[entries]
-    delta = np.bincount(members.index[entries], weights=contribution, minlength=n_indices)
+    delta = np.bincount(members.index[entries], weights=contribution, minlength=n_indices).astype(
+        np.float64, copy=False
+    )
     return delta, entries
 
 
@@ -66,7 +71,9 @@ def full_sums(members: Membership, price: F64, n_indices: int) -> tuple[F64, I64
     """From-scratch ``sum(p * fx * q)`` per index and the count of unpriced entries."""
     value = price[members.sid] * members.qfx
     priced = np.isfinite(value)
-    sums = np.bincount(members.index, weights=np.where(priced, value, 0.0), minlength=n_indices)
+    sums: F64 = np.bincount(
+        members.index, weights=np.where(priced, value, 0.0), minlength=n_indices
+    ).astype(np.float64)
     missing = np.bincount(members.index, weights=~priced, minlength=n_indices)
     return sums, missing.astype(np.int64)
 
@@ -77,7 +84,9 @@ def sums_of(members: Membership, price: F64, indices: I64, n_indices: int) -> tu
     value = price[members.sid[selected]] * members.qfx[selected]
     priced = np.isfinite(value)
     where = members.index[selected]
-    sums = np.bincount(where, weights=np.where(priced, value, 0.0), minlength=n_indices)
+    sums: F64 = np.bincount(
+        where, weights=np.where(priced, value, 0.0), minlength=n_indices
+    ).astype(np.float64)
     missing = np.bincount(where, weights=~priced, minlength=n_indices)
     return sums, missing.astype(np.int64)
 
@@ -88,5 +97,6 @@ def raise_newest_ts(newest: I64, members: Membership, entries: I64, source_ts: I
 
 
 def stale_counts(members: Membership, stale_symbol: Mask, n_indices: int) -> I64:
-    return np.bincount(members.index, weights=stale_symbol[members.sid],
-                       minlength=n_indices).astype(np.int64)
+    return np.bincount(
+        members.index, weights=stale_symbol[members.sid], minlength=n_indices
+    ).astype(np.int64)

@@ -39,8 +39,16 @@ from streamer.engine.universe import F64, I64, NO_SEQ, SymbolBook
 Outcomes = Counter[tuple[str, str]]
 
 
-def screen_round(book: SymbolBook, sids: I64, prices: F64, ts: I64, seqs: I64, band: float,
-                 now_ns: int, outcomes: Outcomes) -> None:
+def screen_round(
+    book: SymbolBook,
+    sids: I64,
+    prices: F64,
+    ts: I64,
+    seqs: I64,
+    band: float,
+    now_ns: int,
+    outcomes: Outcomes,
+) -> None:
     """Apply one round of ticks (distinct symbols) to the book's prices."""
     good_price = np.isfinite(prices) & (prices > 0.0)
     pre_action = good_price & (ts < book.floor_ts[sids])
@@ -48,8 +56,10 @@ def screen_round(book: SymbolBook, sids: I64, prices: F64, ts: I64, seqs: I64, b
     out_of_order = (
         good_price
         & ~pre_action
-        & (((seqs != NO_SEQ) & (last_seq != NO_SEQ) & (seqs <= last_seq))
-           | (ts < book.last_ts[sids]))
+        & (
+            ((seqs != NO_SEQ) & (last_seq != NO_SEQ) & (seqs <= last_seq))
+            | (ts < book.last_ts[sids])
+        )
     )
     valid = good_price & ~pre_action & ~out_of_order
     _count(outcomes, REJECTED, BAD_PRICE, len(sids) - int(good_price.sum()))
@@ -85,8 +95,16 @@ def screen_round(book: SymbolBook, sids: I64, prices: F64, ts: I64, seqs: I64, b
     _count(outcomes, HELD, BIG_MOVE, int(new_hold.sum()))
 
 
-def screen_one(book: SymbolBook, sid: int, price: float, ts: int, seq: int, band: float,
-               now_ns: int, outcomes: Outcomes) -> bool:
+def screen_one(
+    book: SymbolBook,
+    sid: int,
+    price: float,
+    ts: int,
+    seq: int,
+    band: float,
+    now_ns: int,
+    outcomes: Outcomes,
+) -> bool:
     """``screen_round`` for one tick; True when the price was accepted."""
     if not (math.isfinite(price) and price > 0.0):
         outcomes[REJECTED, BAD_PRICE] += 1

@@ -101,8 +101,17 @@ class Membership:
     def __len__(self) -> int:
         return len(self.sid)
 
-    def append(self, sid: I64, index: I64, shares: F64, iwf: F64, awf: F64,
-               withholding: F64, q: F64, fx_slot: I64) -> None:
+    def append(
+        self,
+        sid: I64,
+        index: I64,
+        shares: F64,
+        iwf: F64,
+        awf: F64,
+        withholding: F64,
+        q: F64,
+        fx_slot: I64,
+    ) -> None:
         self.sid = np.concatenate([self.sid, sid])
         self.index = np.concatenate([self.index, index])
         self.shares = np.concatenate([self.shares, shares])

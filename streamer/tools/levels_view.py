@@ -11,14 +11,14 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
-DEFAULT_HISTORY = 40
+DEFAULT_HISTORY = 30
 AGE_WARN_S = 5.0  # no publish for this long: the age turns yellow, then red after a minute
 AGE_ALARM_S = 60.0
 
@@ -177,46 +177,98 @@ def _signed(value: float | None, fmt: str, suffix: str = "") -> Text:
     return Text(f"{value:{fmt}}{suffix}", style=style)
 
 
-def render_board(board: LevelsBoard, now_ns: int, title: str = "", status: str = "") -> RenderableType:
-    """The board as a rich table (plus a status line): a pure function of its arguments."""
-    table = Table(title=title or None, title_justify="left", expand=False, header_style="bold")
-    table.add_column("Index", no_wrap=True)
-    table.add_column("Level", justify="right", no_wrap=True)
-    table.add_column("Change", justify="right", no_wrap=True)
-    table.add_column("Chg %", justify="right", no_wrap=True)
-    table.add_column("Divisor", justify="right", no_wrap=True)
-    table.add_column("Stale", justify="right", no_wrap=True)
-    table.add_column("Coverage", justify="right", no_wrap=True)
-    table.add_column("Age", justify="right", no_wrap=True)
-    table.add_column("Trend", no_wrap=True)
-    for row in board.rows():
-        if row.level is None:
-            table.add_row(row.series, Text("waiting", style="dim italic"),
-                          *[Text("-", style="dim")] * 6, "")
-            continue
-        trend_style = "green" if (row.change or 0) >= 0 else "red"
-        stale = row.stale or 0
-        coverage = row.coverage
-        coverage_style = (
-            "" if coverage is None else "green" if coverage >= 0.999 else
-            "yellow" if coverage >= 0.9 else "red"
+def _coverage_style(coverage: float) -> str:
+    if coverage >= 0.999:
+        return "green"
+    return "yellow" if coverage >= 0.9 else "red"
+
+
+def _age_style(age_s: float) -> str:
+    if age_s >= AGE_ALARM_S:
+        return "red"
+    return "yellow" if age_s >= AGE_WARN_S else ""
+
+
+def _cells(row: SeriesRow, now_ns: int, spark_width: int) -> dict[str, Text]:
+    dash = Text("-", style="dim")
+    if row.level is None:
+        return {"Index": Text(row.series), "Level": Text("waiting", style="dim italic")}
+    stale = row.stale or 0
+    age_s = (now_ns - row.ts) / 1e9 if row.ts else None
+    return {
+        "Index": Text(row.series, style="bold"),
+        "Level": Text(f"{row.level:,.2f}"),
+        "Change": _signed(row.change, "+,.2f"),
+        "Chg %": _signed(row.change_pct, "+.2f", "%"),
+        "Divisor": Text(format_divisor(row.divisor)) if row.divisor is not None else dash,
+        "Stale": Text(str(stale), style="yellow" if stale else "dim"),
+        "Coverage": (
+            Text(f"{row.coverage:.1%}", style=_coverage_style(row.coverage))
+            if row.coverage is not None
+            else dash
+        ),
+        "Age": Text(format_age(age_s), style=_age_style(age_s)) if age_s is not None else dash,
+        "Trend": Text(
+            sparkline(row.history, spark_width),
+            style="green" if (row.change or 0) >= 0 else "red",
+        ),
+    }
+
+
+# (header, justify, minimum width); optional columns are dropped on narrow screens, in order.
+_COLUMNS: tuple[tuple[str, Literal["left", "right"], int], ...] = (
+    ("Index", "left", 5),
+    ("Level", "right", 10),
+    ("Change", "right", 8),
+    ("Chg %", "right", 7),
+    ("Divisor", "right", 12),
+    ("Stale", "right", 5),
+    ("Coverage", "right", 8),
+    ("Age", "right", 5),
+    ("Trend", "left", 8),
+)
+_DROP_ORDER = ("Divisor", "Trend", "Coverage")
+_MIN_SPARK = 8
+
+
+def render_board(
+    board: LevelsBoard,
+    now_ns: int,
+    title: str = "",
+    status: str = "",
+    width: int | None = None,
+) -> RenderableType:
+    """The board as a rich table (plus a status line): a pure function of its arguments.
+
+    ``width`` (the console's) decides which columns fit: the divisor gives way first, then
+    the sparkline, then coverage; the level and its change are always shown.
+    """
+    rows = board.rows()
+    index_width = max([len("Index"), *(len(r.series) for r in rows)])
+    columns = [(h, j, index_width if h == "Index" else w) for h, j, w in _COLUMNS]
+    spark_width = board.history
+    if width is not None:
+
+        def others() -> int:  # every column but the sparkline: content + padding + rule
+            return sum(w + 3 for h, _, w in columns if h != "Trend") + 1
+
+        for optional in _DROP_ORDER:
+            if others() + 3 + _MIN_SPARK <= width:
+                break
+            columns = [c for c in columns if c[0] != optional]
+        spark_width = max(_MIN_SPARK, min(spark_width, width - others() - 3))
+    table = Table(title=title or None, title_justify="left", header_style="bold")
+    for header, justify, min_width in columns:
+        table.add_column(
+            header,
+            justify=justify,
+            no_wrap=True,
+            min_width=min_width,
+            overflow="crop" if header == "Trend" else "ellipsis",
         )
-        age_s = (now_ns - row.ts) / 1e9 if row.ts else None
-        age_style = (
-            "" if age_s is None else "red" if age_s >= AGE_ALARM_S else
-            "yellow" if age_s >= AGE_WARN_S else ""
-        )
-        table.add_row(
-            Text(row.series, style="bold"),
-            Text(f"{row.level:,.2f}"),
-            _signed(row.change, "+,.2f"),
-            _signed(row.change_pct, "+.2f", "%"),
-            Text(format_divisor(row.divisor)) if row.divisor is not None else Text("-"),
-            Text(str(stale), style="yellow" if stale else "dim"),
-            Text(f"{coverage:.1%}", style=coverage_style) if coverage is not None else Text("-"),
-            Text(format_age(age_s), style=age_style) if age_s is not None else Text("-"),
-            Text(sparkline(row.history, board.history), style=trend_style),
-        )
+    for row in rows:
+        cells = _cells(row, now_ns, spark_width)
+        table.add_row(*(cells.get(h, Text("-", style="dim")) for h, _, _ in columns))
     if not status:
         return table
     return Group(table, Text(status, style="dim"))

@@ -11,6 +11,7 @@ authenticates with user/password like the service.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -86,7 +87,7 @@ class BrokerEndpoint:
 
     @classmethod
     def from_environment(cls, url: str | None) -> BrokerEndpoint:
-        """``url`` (or ``STREAMER_MQTT_URL``, or loopback) with ``STREAMER_MQTT_PASSWORD[_FILE]``."""
+        """``url`` (else ``STREAMER_MQTT_URL``, else loopback) and ``STREAMER_MQTT_PASSWORD``."""
         url = url or os.environ.get("STREAMER_MQTT_URL") or "mqtt://127.0.0.1:1883"
         password = os.environ.get("STREAMER_MQTT_PASSWORD")
         password_file = os.environ.get("STREAMER_MQTT_PASSWORD_FILE")
@@ -94,7 +95,8 @@ class BrokerEndpoint:
             try:
                 password = Path(password_file).read_text(encoding="utf-8").strip()
             except OSError as exc:
-                raise BrokerError(f"cannot read STREAMER_MQTT_PASSWORD_FILE: {exc.strerror}") from None
+                problem = f"cannot read STREAMER_MQTT_PASSWORD_FILE: {exc.strerror}"
+                raise BrokerError(problem) from None
         return cls.from_url(url, password)
 
 
@@ -178,7 +180,8 @@ class MqttPublisher:
         try:
             raw = socket.create_connection((ep.host, ep.port), timeout=_CONNECT_TIMEOUT_S)
         except OSError as exc:
-            raise BrokerError(f"cannot connect to broker {ep.display}: {exc.strerror or exc}") from None
+            problem = f"cannot connect to broker {ep.display}: {exc.strerror or exc}"
+            raise BrokerError(problem) from None
         sock: socket.socket = raw
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -203,10 +206,8 @@ class MqttPublisher:
     def close(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.sendall(_DISCONNECT)
-            except OSError:
-                pass
             sock.close()
 
     def __enter__(self) -> MqttPublisher:
@@ -293,7 +294,8 @@ class MqttPublisher:
                 delay = min(delay * 2, 5.0)
                 continue
             self.stats.reconnects += 1
-            log.info("reconnected to the broker", extra={"fields": {"broker": self.endpoint.display}})
+            fields = {"broker": self.endpoint.display, "reconnects": self.stats.reconnects}
+            log.info("reconnected to the broker", extra={"fields": fields})
             return
 
 

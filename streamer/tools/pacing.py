@@ -53,7 +53,9 @@ class Pacer:
         next_at = self.started + (self._released + 1) / self.rate
         return max(next_at - self._clock(), 0.0)
 
-    def wait(self, sleep: Callable[[float], None] = time.sleep, granularity_s: float = 0.0005) -> None:
+    def wait(
+        self, sleep: Callable[[float], None] = time.sleep, granularity_s: float = 5e-4
+    ) -> None:
         """Sleep until the next event is due (or at most 50 ms, to stay responsive)."""
         pause = self.seconds_until_next()
         if pause > 0:

@@ -148,15 +148,20 @@ class FeedSimulator:
 
     def _send(self, chunk: TickChunk, start: int, count: int) -> None:
         stop = start + count
-        ids, prices, seqs = chunk.symbol_ids[start:stop], chunk.prices[start:stop], chunk.seqs[start:stop]
+        ids, prices, seqs = (
+            chunk.symbol_ids[start:stop],
+            chunk.prices[start:stop],
+            chunk.seqs[start:stop],
+        )
         ts = time.time_ns()
         batch, fmt = self.options.batch, self.options.fmt
         if batch == 1:
             packets = self.encoder.single_packets(ids, prices, seqs, ts, fmt)
         else:
             packets = [
-                self.encoder.batch_packet(ids[i : i + batch], prices[i : i + batch],
-                                          seqs[i : i + batch], ts, fmt)
+                self.encoder.batch_packet(
+                    ids[i : i + batch], prices[i : i + batch], seqs[i : i + batch], ts, fmt
+                )
                 for i in range(0, count, batch)
             ]
         self.publisher.publish_packets(packets)

@@ -23,7 +23,10 @@ F64 = npt.NDArray[np.float64]
 
 BATCH_TOPIC = "ticks/batch"
 
-_ENCODERS = {"json": msgspec.json.Encoder(), "msgpack": msgspec.msgpack.Encoder()}
+_ENCODERS: dict[str, msgspec.json.Encoder | msgspec.msgpack.Encoder] = {
+    "json": msgspec.json.Encoder(),
+    "msgpack": msgspec.msgpack.Encoder(),
+}
 
 
 def topic_for(kind_prefix: str, name: str) -> str:
@@ -51,15 +54,11 @@ class TickEncoder:
             for i, p, q in zip(ids.tolist(), prices.tolist(), seqs.tolist(), strict=True)
         ]
 
-    def batch_payload(
-        self, ids: I64, prices: F64, seqs: I64, ts: int, fmt: PayloadFormat
-    ) -> bytes:
+    def batch_payload(self, ids: I64, prices: F64, seqs: I64, ts: int, fmt: PayloadFormat) -> bytes:
         """One payload holding an array of ticks, all stamped ``ts``."""
         return _ENCODERS[fmt].encode(self.ticks(ids, prices, seqs, ts))
 
-    def batch_packet(
-        self, ids: I64, prices: F64, seqs: I64, ts: int, fmt: PayloadFormat
-    ) -> bytes:
+    def batch_packet(self, ids: I64, prices: F64, seqs: I64, ts: int, fmt: PayloadFormat) -> bytes:
         """One PUBLISH packet on ``ticks/batch`` carrying all the ticks."""
         body = self._batch_topic_field + self.batch_payload(ids, prices, seqs, ts, fmt)
         return b"\x30" + encode_remaining_length(len(body)) + body

@@ -39,26 +39,56 @@ REL = 1e-12
 
 
 def _universe() -> list[IndexDefinition]:
-    def spec(symbol: str, shares: float, iwf: float = 1.0, awf: float = 1.0,
-             price: float | None = None) -> ConstituentSpec:
-        return ConstituentSpec(symbol=symbol, shares=shares, iwf=iwf, awf=awf, price=price,
-                               currency="EUR" if symbol in EUR_SYMBOLS else "USD",
-                               withholding=0.15)
+    def spec(
+        symbol: str, shares: float, iwf: float = 1.0, awf: float = 1.0, price: float | None = None
+    ) -> ConstituentSpec:
+        return ConstituentSpec(
+            symbol=symbol,
+            shares=shares,
+            iwf=iwf,
+            awf=awf,
+            price=price,
+            currency="EUR" if symbol in EUR_SYMBOLS else "USD",
+            withholding=0.15,
+        )
 
     return [
-        IndexDefinition(id="PW", method="price", divisor=0.5, variants=("price", "total"),
-                        constituents=(spec("AAA", 1, price=100.0), spec("BBB", 1, price=50.0),
-                                      spec("CCC", 1, awf=2.0, price=20.0))),
-        IndexDefinition(id="CAP", method="cap", base_value=1000.0,
-                        variants=("price", "total", "net"),
-                        constituents=(spec("AAA", 5e9, 0.9, price=100.0),
-                                      spec("BBB", 2e9, 0.5, price=50.0),
-                                      spec("DDD", 1e9, price=None),
-                                      spec("EEE", 3e9, 0.75, price=40.0))),
-        IndexDefinition(id="EW", method="equal", base_value=100.0,
-                        constituents=(spec("BBB", 1), spec("CCC", 1), spec("FFF", 1))),
-        IndexDefinition(id="XC", method="cap", currency="EUR", divisor=1e7,
-                        constituents=(spec("AAA", 1e9), spec("EEE", 2e9), spec("GGG", 1e8))),
+        IndexDefinition(
+            id="PW",
+            method="price",
+            divisor=0.5,
+            variants=("price", "total"),
+            constituents=(
+                spec("AAA", 1, price=100.0),
+                spec("BBB", 1, price=50.0),
+                spec("CCC", 1, awf=2.0, price=20.0),
+            ),
+        ),
+        IndexDefinition(
+            id="CAP",
+            method="cap",
+            base_value=1000.0,
+            variants=("price", "total", "net"),
+            constituents=(
+                spec("AAA", 5e9, 0.9, price=100.0),
+                spec("BBB", 2e9, 0.5, price=50.0),
+                spec("DDD", 1e9, price=None),
+                spec("EEE", 3e9, 0.75, price=40.0),
+            ),
+        ),
+        IndexDefinition(
+            id="EW",
+            method="equal",
+            base_value=100.0,
+            constituents=(spec("BBB", 1), spec("CCC", 1), spec("FFF", 1)),
+        ),
+        IndexDefinition(
+            id="XC",
+            method="cap",
+            currency="EUR",
+            divisor=1e7,
+            constituents=(spec("AAA", 1e9), spec("EEE", 2e9), spec("GGG", 1e8)),
+        ),
     ]
 
 
@@ -71,10 +101,12 @@ symbol = st.sampled_from([*SYMBOLS, "ZZZ"])
 def tick_batches(draw: st.DrawFn) -> list[dict[str, Any]]:
     size = draw(st.integers(1, 30))
     return [
-        {"symbol": draw(symbol),
-         "price": draw(st.one_of(prices, prices, prices, bad_prices)),
-         "dt": draw(st.integers(-1, 3)),
-         "seq": draw(st.one_of(st.none(), st.integers(0, 40)))}
+        {
+            "symbol": draw(symbol),
+            "price": draw(st.one_of(prices, prices, prices, bad_prices)),
+            "dt": draw(st.integers(-1, 3)),
+            "seq": draw(st.one_of(st.none(), st.integers(0, 40))),
+        }
         for _ in range(size)
     ]
 
@@ -85,26 +117,56 @@ def actions(n: int) -> st.SearchStrategy[Any]:
     idx = st.sampled_from(["PW", "CAP", "EW", "XC"])
     return st.one_of(
         st.builds(Split, id=st.just(sid), symbol=sym, ratio=st.sampled_from([2.0, 3.0, 0.5, 4.0])),
-        st.builds(SpecialDividend, id=st.just(sid), symbol=sym,
-                  amount=st.floats(0.01, 5.0)),
+        st.builds(SpecialDividend, id=st.just(sid), symbol=sym, amount=st.floats(0.01, 5.0)),
         st.builds(Dividend, id=st.just(sid), symbol=sym, amount=st.floats(0.01, 3.0)),
-        st.builds(Rights, id=st.just(sid), symbol=sym, ratio=st.floats(0.1, 1.0),
-                  price=st.floats(1.0, 50.0)),
-        st.builds(Spinoff, id=st.just(sid), symbol=sym, ratio=st.floats(0.1, 1.0),
-                  price=st.floats(0.5, 10.0)),
-        st.builds(SharesChange, id=st.just(sid), symbol=sym,
-                  shares=st.one_of(st.none(), st.floats(1e6, 1e10)),
-                  iwf=st.one_of(st.none(), st.floats(0.05, 1.0)),
-                  index=st.one_of(st.none(), idx)),
-        st.builds(AddConstituent, id=st.just(sid), index=idx,
-                  symbol=st.sampled_from([*SYMBOLS, NEW_SYMBOL]), shares=st.floats(1e6, 1e10),
-                  price=st.one_of(st.none(), prices)),
+        st.builds(
+            Rights,
+            id=st.just(sid),
+            symbol=sym,
+            ratio=st.floats(0.1, 1.0),
+            price=st.floats(1.0, 50.0),
+        ),
+        st.builds(
+            Spinoff,
+            id=st.just(sid),
+            symbol=sym,
+            ratio=st.floats(0.1, 1.0),
+            price=st.floats(0.5, 10.0),
+        ),
+        st.builds(
+            SharesChange,
+            id=st.just(sid),
+            symbol=sym,
+            shares=st.one_of(st.none(), st.floats(1e6, 1e10)),
+            iwf=st.one_of(st.none(), st.floats(0.05, 1.0)),
+            index=st.one_of(st.none(), idx),
+        ),
+        st.builds(
+            AddConstituent,
+            id=st.just(sid),
+            index=idx,
+            symbol=st.sampled_from([*SYMBOLS, NEW_SYMBOL]),
+            shares=st.floats(1e6, 1e10),
+            price=st.one_of(st.none(), prices),
+        ),
         st.builds(DeleteConstituent, id=st.just(sid), index=idx, symbol=sym),
         st.builds(Rebalance, id=st.just(sid), index=idx),
-        st.builds(Rebalance, id=st.just(sid), index=idx, constituents=st.lists(
-            st.builds(ConstituentSpec, symbol=sym, shares=st.floats(1e6, 1e10),
-                      iwf=st.floats(0.1, 1.0)),
-            min_size=1, max_size=3, unique_by=lambda c: c.symbol)),
+        st.builds(
+            Rebalance,
+            id=st.just(sid),
+            index=idx,
+            constituents=st.lists(
+                st.builds(
+                    ConstituentSpec,
+                    symbol=sym,
+                    shares=st.floats(1e6, 1e10),
+                    iwf=st.floats(0.1, 1.0),
+                ),
+                min_size=1,
+                max_size=3,
+                unique_by=lambda c: c.symbol,
+            ),
+        ),
     )
 
 
@@ -124,8 +186,9 @@ def scenarios(draw: st.DrawFn) -> list[tuple[str, Any]]:
     return steps
 
 
-def _run(steps: list[tuple[str, Any]], small_batch: int | None = None,
-         check: bool = True) -> Engine:
+def _run(
+    steps: list[tuple[str, Any]], small_batch: int | None = None, check: bool = True
+) -> Engine:
     now = [1_000]
     engine = Engine(_universe(), QualitySettings(max_move_pct=30.0), clock=lambda: now[0])
     if small_batch is not None:
@@ -160,8 +223,9 @@ def _assert_incremental_equals_full(engine: Engine) -> None:
     for j in range(engine.n_indices):
         total = math.fsum(
             float(engine.book.price[m.sid[r]]) * float(m.qfx[r])
-            for r in range(len(m)) if m.index[r] == j and math.isfinite(
-                engine.book.price[m.sid[r]] * m.qfx[r]))
+            for r in range(len(m))
+            if m.index[r] == j and math.isfinite(engine.book.price[m.sid[r]] * m.qfx[r])
+        )
         assert engine.sums[j] == pytest.approx(total, rel=REL, abs=1e-6)
 
 
@@ -185,8 +249,9 @@ def test_per_tick_path_and_vector_path_agree(steps: list[tuple[str, Any]]) -> No
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
-def test_gather_and_full_pass_scatter_agree(steps: list[tuple[str, Any]],
-                                            ) -> None:
+def test_gather_and_full_pass_scatter_agree(
+    steps: list[tuple[str, Any]],
+) -> None:
     original = kernels.FULL_PASS_SHARE
     try:
         kernels.FULL_PASS_SHARE = 0.0

@@ -1,0 +1,717 @@
+"""``streamer bench e2e``: broker -> service -> Redis, measured from the outside.
+
+Setup: private mosquitto and redis-server on loopback, ``streamer run`` as a subprocess on
+the demo universe (or ``--config``), a publisher in its own process, a Redis subscriber.
+
+1. Single-tick JSON messages: the highest rate the service sustains with zero loss.  Rates
+   step up geometrically until a step loses ticks (or the publisher cannot reach the rate),
+   then bisect between the last good and the first bad rate.  Loss is counted by the service
+   itself: ``streamer_ticks_total{outcome="accepted"}`` gained vs ticks sent, after draining.
+2. The same for 1,000-tick MessagePack batches on ``ticks/batch``.
+3. Tick-to-publish latency at 5,000 ticks/s (single JSON, live ``ts``): receipt of each
+   ``P:levels`` message by a Redis subscriber minus its ``source_ts`` (the producer's stamp of
+   the newest tick in it), and the service's own ``streamer_tick_to_publish_seconds``
+   (receipt to Redis acknowledgement), interpolated from its buckets.
+4. Peak RSS of the service (``VmHWM``).
+5. The ceiling: the service is stopped and a paho-mqtt callback consumer that only receives
+   and decodes takes its place; step 1 is repeated against it, and our ratio printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from streamer.config import Settings, load_settings
+from streamer.errors import StreamerError
+from streamer.localservices import LocalMosquitto, LocalRedis, free_port
+from streamer.tools.bench_workers import (
+    Latency,
+    Opening,
+    Quit,
+    Sent,
+    Throughput,
+    ceiling_consumer_process,
+    publisher_process,
+)
+from streamer.tools.feed import FeedUniverse
+from streamer.tools.levels_tap import LevelsTap
+from streamer.tools.mqtt_publisher import BrokerEndpoint
+from streamer.tools.processes import ChildProcess, child_environment, streamer_command
+from streamer.tools.scrape import Histogram, metrics_url, scrape
+
+HELP = (
+    "end-to-end benchmark: private mosquitto and Redis, the service as a subprocess, a "
+    "separate publisher; zero-loss ticks/s, tick-to-publish latency, peak RSS, and the "
+    "ratio to a bare paho-mqtt consumer"
+)
+
+# Targets of the live-service issue.
+TARGET_SINGLE_TICKS_PER_S = 25_000.0
+TARGET_CEILING_RATIO = 0.7
+TARGET_BATCH_TICKS_PER_S = 1_000_000.0
+TARGET_P99_MS = 2.0
+BATCH_SIZE = 1_000
+ACHIEVED_TOLERANCE = 0.97  # a step counts only if the publisher reached 97% of its rate
+DRAIN_QUIET_S = 1.0  # the count stopped moving this long: the pipeline is drained
+
+
+class BenchError(StreamerError):
+    """The benchmark could not run (a process failed to start or died)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    step_s: float
+    single_start: float
+    batch_start: float
+    factor_single: float
+    factor_batch: float
+    max_steps: int
+    refinements: int
+    latency_rate: float
+    latency_s: float
+
+    @classmethod
+    def for_args(cls, args: argparse.Namespace) -> Plan:
+        if args.quick:
+            return cls(
+                step_s=1.0,
+                single_start=2_000,
+                batch_start=100_000,
+                factor_single=1.0,
+                factor_batch=1.0,
+                max_steps=1,
+                refinements=0,
+                latency_rate=1_000,
+                latency_s=1.0,
+            )
+        return cls(
+            step_s=args.step_seconds,
+            single_start=10_000,
+            batch_start=250_000,
+            factor_single=1.25,
+            factor_batch=1.5,
+            max_steps=14,
+            refinements=2,
+            latency_rate=args.latency_rate,
+            latency_s=args.latency_seconds,
+        )
+
+
+@dataclass
+class RateStep:
+    target: float  # ticks/s asked of the publisher
+    achieved: float  # ticks/s it sent
+    sent: int
+    processed: int  # ticks the consumer accounted for
+    lost: int
+    rejected: int = 0
+    passed: bool = False
+
+
+@dataclass
+class RateSearch:
+    label: str
+    steps: list[RateStep] = field(default_factory=list)
+
+    @property
+    def zero_loss_ticks_per_s(self) -> float | None:
+        good = [s.achieved for s in self.steps if s.passed]
+        return max(good) if good else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "zero_loss_ticks_per_s": _round(self.zero_loss_ticks_per_s),
+            "steps": [asdict(s) | {"achieved": round(s.achieved)} for s in self.steps],
+        }
+
+
+@dataclass
+class LatencyFigures:
+    rate: float
+    duration_s: float
+    ticks: int = 0
+    end_to_end_ms: dict[str, float | None] = field(default_factory=dict)
+    service_ms: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class E2eReport:
+    quick: bool
+    machine: dict[str, Any]
+    universe: dict[str, Any]
+    single_json: RateSearch
+    batch_msgpack: RateSearch
+    latency: LatencyFigures
+    service_peak_rss_mb: float | None
+    ceiling: RateSearch
+
+    @property
+    def ratio_to_ceiling(self) -> float | None:
+        ours, ceiling = self.single_json.zero_loss_ticks_per_s, self.ceiling.zero_loss_ticks_per_s
+        return ours / ceiling if ours and ceiling else None
+
+    def targets(self) -> dict[str, dict[str, Any]]:
+        p99 = self.latency.end_to_end_ms.get("p99")
+
+        def entry(
+            target: float, measured: float | None, higher_is_better: bool = True
+        ) -> dict[str, Any]:
+            met = measured is not None and (
+                measured >= target if higher_is_better else measured <= target
+            )
+            return {"target": target, "measured": _round(measured, 3), "met": met}
+
+        return {
+            "single_json_ticks_per_s": entry(
+                TARGET_SINGLE_TICKS_PER_S, self.single_json.zero_loss_ticks_per_s
+            ),
+            "ratio_to_ceiling": entry(TARGET_CEILING_RATIO, self.ratio_to_ceiling),
+            "batch_msgpack_ticks_per_s": entry(
+                TARGET_BATCH_TICKS_PER_S, self.batch_msgpack.zero_loss_ticks_per_s
+            ),
+            "p99_ms_at_5000": entry(TARGET_P99_MS, p99, higher_is_better=False),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "command": "streamer bench e2e" + (" --quick" if self.quick else ""),
+            "quick": self.quick,
+            "machine": self.machine,
+            "universe": self.universe,
+            "single_json": self.single_json.to_json(),
+            "batch_msgpack": self.batch_msgpack.to_json() | {"batch": BATCH_SIZE},
+            "latency": asdict(self.latency),
+            "service_peak_rss_mb": _round(self.service_peak_rss_mb, 1),
+            "ceiling": self.ceiling.to_json(),
+            "ratio_to_ceiling": _round(self.ratio_to_ceiling, 3),
+            "targets": self.targets(),
+        }
+
+
+def _round(value: float | None, digits: int = 0) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return round(value, digits) if digits else float(round(value))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few seconds: one step per measurement at low rates (for tests)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="index universe to run (default: the demo's config/streamer.toml)",
+    )
+    parser.add_argument(
+        "--step-seconds",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="duration of each rate step (default 3)",
+    )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=5_000.0,
+        metavar="TICKS_PER_S",
+        help="rate of the latency measurement (default 5000)",
+    )
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="duration of the latency measurement (default 10)",
+    )
+
+
+# -- the helpers' processes -----------------------------------------------------------------
+
+
+class PublisherHandle:
+    """The publisher process and its command pipe."""
+
+    def __init__(self, endpoint: BrokerEndpoint, universe: FeedUniverse) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(
+            target=publisher_process,
+            args=(child, endpoint, universe),
+            name="bench-publisher",
+            daemon=True,
+        )
+        self._process.start()
+        child.close()
+        ready = self._receive(30.0)
+        if ready != "ready":
+            raise BenchError(f"the publisher did not start: {ready!r}")
+
+    def _receive(self, timeout_s: float) -> Any:
+        if not self._conn.poll(timeout_s):
+            raise BenchError("the publisher process did not answer")
+        answer = self._conn.recv()
+        if isinstance(answer, Exception):
+            raise BenchError(f"the publisher failed: {answer}")
+        return answer
+
+    def call(self, command: Opening | Throughput | Latency) -> Sent:
+        self._conn.send(command)
+        timeout = 30.0 + getattr(command, "duration_s", 0.0) * 2
+        sent = self._receive(timeout)
+        if not isinstance(sent, Sent):
+            raise BenchError(f"unexpected answer from the publisher: {sent!r}")
+        return sent
+
+    def close(self) -> None:
+        with suppress(OSError, EOFError):
+            self._conn.send(Quit())
+        self._process.join(timeout=5.0)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout=5.0)
+        self._conn.close()
+
+
+@contextmanager
+def ceiling_consumer(endpoint: BrokerEndpoint) -> Iterator[Callable[[], int]]:
+    """Runs the bare paho consumer; yields a function reading its received-ticks count."""
+    ctx = multiprocessing.get_context("spawn")
+    received = ctx.Value("q", 0, lock=False)
+    ready, stop = ctx.Event(), ctx.Event()
+    process = ctx.Process(
+        target=ceiling_consumer_process,
+        args=(endpoint, received, ready, stop),
+        name="bench-ceiling",
+        daemon=True,
+    )
+    process.start()
+    try:
+        if not ready.wait(30.0):
+            raise BenchError("the ceiling consumer did not subscribe")
+        yield lambda: int(received.value)
+    finally:
+        stop.set()
+        process.join(timeout=5.0)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=5.0)
+
+
+# -- measurement --------------------------------------------------------------------------
+
+
+def drain(count: Callable[[], int], expected: int, timeout_s: float) -> int:
+    """Poll ``count`` until it reaches ``expected`` or stops moving; returns the last value."""
+    deadline = time.monotonic() + timeout_s
+    last = count()
+    last_change = time.monotonic()
+    while last < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now_value = count()
+        if now_value != last:
+            last, last_change = now_value, time.monotonic()
+        elif time.monotonic() - last_change >= DRAIN_QUIET_S:
+            break
+    return last
+
+
+def search_rate(
+    label: str,
+    measure: Callable[[float], RateStep],
+    *,
+    start: float,
+    factor: float,
+    max_steps: int,
+    refinements: int,
+) -> RateSearch:
+    """Step up by ``factor`` until a step fails, then bisect (geometrically) ``refinements``
+    times between the best passing and the first failing rate.  A failing first step steps
+    down instead."""
+    search = RateSearch(label)
+    passed_at: float | None = None
+    failed_at: float | None = None
+    rate = start
+    for _ in range(max_steps):
+        step = measure(rate)
+        search.steps.append(step)
+        if step.passed:
+            passed_at = rate
+            if failed_at is not None or factor <= 1.0:
+                break
+            rate *= factor
+        else:
+            failed_at = rate
+            if passed_at is not None or factor <= 1.0:
+                break
+            rate /= factor**2
+    if passed_at is not None and failed_at is not None:
+        for _ in range(refinements):
+            rate = math.sqrt(passed_at * failed_at)
+            step = measure(rate)
+            search.steps.append(step)
+            if step.passed:
+                passed_at = rate
+            else:
+                failed_at = rate
+    return search
+
+
+def _percentiles_ms(values_ns: np.ndarray) -> dict[str, float | None]:
+    if not len(values_ns):
+        return {"p50": None, "p99": None, "p999": None, "max": None, "samples": 0}
+    ms = values_ns.astype(np.float64) / 1e6
+    p50, p99, p999 = np.percentile(ms, [50, 99, 99.9])
+    return {
+        "p50": round(float(p50), 3),
+        "p99": round(float(p99), 3),
+        "p999": round(float(p999), 3),
+        "max": round(float(ms.max()), 3),
+        "samples": len(ms),
+    }
+
+
+def _histogram_ms(histogram: Histogram) -> dict[str, float | None]:
+    def q(x: float) -> float | None:
+        value = histogram.quantile(x)
+        return None if math.isnan(value) else round(value * 1e3, 3)
+
+    return {"p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "samples": int(histogram.count)}
+
+
+class E2eBench:
+    """One benchmark run; ``run`` returns the report.  ``say`` narrates progress."""
+
+    def __init__(self, settings: Settings, plan: Plan, say: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.say = say
+        self.universe = FeedUniverse.from_settings(settings)
+
+    def run(self, quick: bool) -> E2eReport:
+        with ExitStack() as stack:
+            workdir = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="streamer-bench-"))
+            )
+            self.say("starting mosquitto and redis-server")
+            broker = stack.enter_context(LocalMosquitto(workdir=workdir / "mosquitto"))
+            redis_server = stack.enter_context(LocalRedis(workdir=workdir / "redis"))
+            listen = f"127.0.0.1:{free_port()}"
+            url = metrics_url(listen)
+            env = child_environment(
+                {
+                    "STREAMER_MQTT_URL": broker.url,
+                    "STREAMER_MQTT_CLIENT_ID": "streamer-bench",
+                    "STREAMER_REDIS_URL": redis_server.url,
+                    "STREAMER_METRICS_LISTEN": listen,
+                    "STREAMER_PUBLISH_INTERVAL_MS": "0",
+                }
+            )
+            service = ChildProcess(
+                "service",
+                streamer_command("run", "--config", str(Path(self.settings.path).resolve())),
+                env,
+                workdir / "service.log",
+            )
+            self.say("starting the service")
+            service.start()
+            stack.callback(service.stop)
+            service.wait_for_metrics(url)
+            endpoint = BrokerEndpoint.from_url(broker.url)
+            self.say("starting the publisher")
+            publisher = PublisherHandle(endpoint, self.universe)
+            stack.callback(publisher.close)
+
+            def accepted() -> int:
+                return int(
+                    scrape(url).value("streamer_ticks_total", outcome="accepted", reason="ok")
+                )
+
+            def rejected() -> int:
+                samples = scrape(url)
+                return int(
+                    samples.value("streamer_ticks_total", outcome="rejected")
+                    + samples.value("streamer_ticks_total", outcome="held")
+                )
+
+            self._open_market(publisher, accepted, service)
+
+            def measure_service(batch: int, fmt: str, label: str) -> Callable[[float], RateStep]:
+                def measure(rate: float) -> RateStep:
+                    self.say(f"{label}: {rate:,.0f} ticks/s")
+                    before, rejected_before = accepted(), rejected()
+                    sent = publisher.call(Throughput(rate, self.plan.step_s, batch, fmt))  # type: ignore[arg-type]
+                    processed = drain(
+                        lambda: accepted() - before,
+                        sent.ticks,
+                        timeout_s=10.0 + 3 * self.plan.step_s,
+                    )
+                    return _step(rate, sent, processed, rejected() - rejected_before)
+
+                return measure
+
+            plan = self.plan
+            single = search_rate(
+                "single JSON",
+                measure_service(1, "json", "single-tick JSON"),
+                start=plan.single_start,
+                factor=plan.factor_single,
+                max_steps=plan.max_steps,
+                refinements=plan.refinements,
+            )
+            batched = search_rate(
+                "batched msgpack",
+                measure_service(BATCH_SIZE, "msgpack", "1,000-tick msgpack"),
+                start=plan.batch_start,
+                factor=plan.factor_batch,
+                max_steps=plan.max_steps,
+                refinements=plan.refinements,
+            )
+            latency = self._latency(publisher, redis_server.url, url)
+            rss = service.peak_rss_bytes()
+            self.say("stopping the service")
+            code = service.stop()
+            if code not in (0, None):
+                raise BenchError(f"the service exited with {code}: {service.log_tail()}")
+
+            with ceiling_consumer(endpoint) as received:
+
+                def measure_ceiling(rate: float) -> RateStep:
+                    self.say(f"ceiling (paho consumer): {rate:,.0f} ticks/s")
+                    before = received()
+                    sent = publisher.call(Throughput(rate, plan.step_s, 1, "json"))
+                    got = drain(
+                        lambda: received() - before, sent.ticks, timeout_s=10.0 + 3 * plan.step_s
+                    )
+                    return _step(rate, sent, got, 0)
+
+                ceiling = search_rate(
+                    "ceiling",
+                    measure_ceiling,
+                    start=plan.single_start,
+                    factor=plan.factor_single,
+                    max_steps=plan.max_steps,
+                    refinements=plan.refinements,
+                )
+            return E2eReport(
+                quick=quick,
+                machine=_machine(),
+                universe=self._universe_summary(),
+                single_json=single,
+                batch_msgpack=batched,
+                latency=latency,
+                service_peak_rss_mb=rss / 2**20 if rss else None,
+                ceiling=ceiling,
+            )
+
+    def _open_market(
+        self, publisher: PublisherHandle, accepted: Callable[[], int], service: ChildProcess
+    ) -> None:
+        """Send the opening prints until the service has taken them (it may still be
+        subscribing when the first ones go out)."""
+        self.say("opening the market")
+        deadline = time.monotonic() + 30.0
+        symbols = len(self.universe.symbols)
+        while time.monotonic() < deadline:
+            if not service.alive():
+                raise BenchError(f"the service died: {service.log_tail()}")
+            publisher.call(Opening())
+            if drain(accepted, symbols, timeout_s=2.0) >= symbols:
+                return
+        raise BenchError(f"the service took no ticks within 30 s: {service.log_tail()}")
+
+    def _latency(self, publisher: PublisherHandle, redis_url: str, metrics: str) -> LatencyFigures:
+        plan = self.plan
+        self.say(f"latency at {plan.latency_rate:,.0f} ticks/s")
+        figures = LatencyFigures(rate=plan.latency_rate, duration_s=plan.latency_s)
+        tap = LevelsTap(redis_url, f"{self.settings.redis.prefix}:levels").start()
+        try:
+            histogram_before = scrape(metrics).histogram("streamer_tick_to_publish_seconds")
+            sent = publisher.call(Latency(plan.latency_rate, plan.latency_s))
+            time.sleep(0.5)  # the last levels on their way
+        finally:
+            tap.stop()
+        histogram = scrape(metrics).histogram("streamer_tick_to_publish_seconds")
+        figures.ticks = sent.ticks
+        figures.end_to_end_ms = _percentiles_ms(tap.latencies_ns(since_ts=sent.first_ts))
+        figures.service_ms = _histogram_ms(histogram.minus(histogram_before))
+        return figures
+
+    def _universe_summary(self) -> dict[str, Any]:
+        indices = self.settings.indices
+        return {
+            "config": self.settings.path,
+            "indices": len(indices),
+            "series": sum(len(d.series_ids()) for d in indices),
+            "symbols": len(self.universe.symbols),
+            "fx_pairs": list(self.universe.fx_pairs),
+        }
+
+
+def _step(rate: float, sent: Sent, processed: int, rejected: int) -> RateStep:
+    achieved = sent.ticks / sent.elapsed_s if sent.elapsed_s > 0 else 0.0
+    lost = max(sent.ticks - processed, 0)
+    return RateStep(
+        target=rate,
+        achieved=achieved,
+        sent=sent.ticks,
+        processed=processed,
+        lost=lost,
+        rejected=rejected,
+        passed=lost == 0 and rejected == 0 and achieved >= ACHIEVED_TOLERANCE * rate,
+    )
+
+
+def _machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+    }
+
+
+# -- presentation -------------------------------------------------------------------------
+
+
+def _fmt_rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def report_table(report: E2eReport) -> Table:
+    targets = report.targets()
+
+    def mark(key: str) -> str:
+        return "[green]yes[/green]" if targets[key]["met"] else "[red]no[/red]"
+
+    m, u = report.machine, report.universe
+    table = Table(
+        title=f"streamer bench e2e{' --quick' if report.quick else ''} · "
+        f"{m['cpus']} x {m['cpu']} · Python {m['python']} · "
+        f"{u['indices']} indices / {u['series']} series / {u['symbols']} symbols",
+        title_justify="left",
+    )
+    table.add_column("Measurement")
+    table.add_column("Result", justify="right")
+    table.add_column("Target", justify="right")
+    table.add_column("Met", justify="center")
+    e2e, svc = report.latency.end_to_end_ms, report.latency.service_ms
+    ratio = report.ratio_to_ceiling
+    table.add_row(
+        "single-tick JSON, zero loss (ticks/s)",
+        _fmt_rate(report.single_json.zero_loss_ticks_per_s),
+        f"≥ {TARGET_SINGLE_TICKS_PER_S:,.0f}",
+        mark("single_json_ticks_per_s"),
+    )
+    table.add_row(
+        "ceiling: bare paho consumer (ticks/s)",
+        _fmt_rate(report.ceiling.zero_loss_ticks_per_s),
+        "",
+        "",
+    )
+    table.add_row(
+        "ratio to ceiling",
+        "-" if ratio is None else f"{ratio:.2f}",
+        f"≥ {TARGET_CEILING_RATIO}",
+        mark("ratio_to_ceiling"),
+    )
+    table.add_row(
+        f"{BATCH_SIZE:,}-tick msgpack batches, zero loss (ticks/s)",
+        _fmt_rate(report.batch_msgpack.zero_loss_ticks_per_s),
+        f"≥ {TARGET_BATCH_TICKS_PER_S:,.0f}",
+        mark("batch_msgpack_ticks_per_s"),
+    )
+    rate = f"{report.latency.rate:,.0f}"
+    table.add_row(
+        f"tick→subscriber p50 / p99 / p99.9 at {rate}/s (ms)",
+        f"{_fmt_ms(e2e.get('p50'))} / {_fmt_ms(e2e.get('p99'))} / {_fmt_ms(e2e.get('p999'))}",
+        f"p99 ≤ {TARGET_P99_MS}",
+        mark("p99_ms_at_5000"),
+    )
+    table.add_row(
+        f"service receipt→Redis ack p50 / p99 / p99.9 at {rate}/s (ms)",
+        f"{_fmt_ms(svc.get('p50'))} / {_fmt_ms(svc.get('p99'))} / {_fmt_ms(svc.get('p999'))}",
+        "",
+        "",
+    )
+    rss = report.service_peak_rss_mb
+    table.add_row("service peak RSS (MB)", "-" if rss is None else f"{rss:,.0f}", "", "")
+    return table
+
+
+def steps_table(report: E2eReport) -> Table:
+    table = Table(title="rate steps", title_justify="left")
+    for name in ("run", "target/s", "achieved/s", "sent", "processed", "lost", "ok"):
+        table.add_column(name, justify="left" if name == "run" else "right")
+    for search in (report.single_json, report.batch_msgpack, report.ceiling):
+        for s in search.steps:
+            table.add_row(
+                search.label,
+                f"{s.target:,.0f}",
+                f"{s.achieved:,.0f}",
+                f"{s.sent:,}",
+                f"{s.processed:,}",
+                f"{s.lost:,}",
+                "✓" if s.passed else "✗",
+            )
+    return table
+
+
+def main(args: argparse.Namespace) -> int:
+    from streamer.commands.demo import default_config
+
+    settings = load_settings(args.config or default_config())
+    plan = Plan.for_args(args)
+    progress_console = Console(stderr=True)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]bench e2e[/bold] {task.description}"),
+        TimeElapsedColumn(),
+        console=progress_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("starting", total=None)
+        bench = E2eBench(settings, plan, lambda text: progress.update(task, description=text))
+        report = bench.run(quick=args.quick)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    console = Console()
+    console.print(report_table(report))
+    console.print(steps_table(report))
+    return 0

@@ -1,0 +1,300 @@
+"""``streamer bench kernel``: throughput of the pure engine, and of a naive baseline.
+
+Scenarios (symbols / indices / memberships per symbol):
+  small   30 / 1 / 1         a price-weighted index (DJIA-like)
+  medium  500 / 15 / ~4.6    a cap index, 11 sectors, equal, capped and top-100 variants
+  large   10,000 / 2,000 / ~20  random memberships of 100 symbols per index
+each at batch sizes 1, 100 and 10,000 ticks.  Ticks are pre-built arrays of random symbols with
+prices moving inside the quality band, so every tick is accepted and moves its indices; the
+timed call is ``Engine.apply_tick_arrays`` (screening, conflation, scatter, bookkeeping).
+
+The baseline is what a straightforward implementation does: per tick, validate, store the
+price and recompute every index holding the symbol from its members in pure Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from streamer.config import ConstituentSpec, IndexDefinition, QualitySettings
+from streamer.engine import Engine
+
+HELP = "benchmark the calculation kernel (ticks/s, us per batch, peak RSS, speed-up vs naive)"
+
+BATCH_SIZES = (1, 100, 10_000)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    symbols: int
+    indices: int
+    definitions: list[IndexDefinition]
+
+
+@dataclass
+class Figure:
+    scenario: str
+    symbols: int
+    indices: int
+    entries: int
+    batch: int
+    ticks: int
+    ticks_per_s: float
+    us_per_batch: float
+    naive_ticks_per_s: float | None = None
+    speedup: float | None = None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a short run (for smoke tests)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--seconds", type=float, default=1.0, help="time budget per measurement (default 1 s)"
+    )
+
+
+def _symbols(n: int) -> list[str]:
+    return [f"S{i:05d}" for i in range(n)]
+
+
+def _cap_spec(rng: np.random.Generator, symbol: str, price: float) -> ConstituentSpec:
+    return ConstituentSpec(
+        symbol=symbol,
+        shares=float(rng.uniform(5e7, 5e9)),
+        iwf=float(rng.uniform(0.5, 1.0)),
+        price=price,
+    )
+
+
+def build_scenarios(rng: np.random.Generator) -> list[Scenario]:
+    out = []
+    names = _symbols(30)
+    prices = rng.uniform(20, 500, 30)
+    out.append(
+        Scenario(
+            "30 symbols / 1 index",
+            30,
+            1,
+            [
+                IndexDefinition(
+                    id="PW30",
+                    method="price",
+                    divisor=0.15,
+                    constituents=tuple(
+                        ConstituentSpec(symbol=s, price=float(p))
+                        for s, p in zip(names, prices, strict=True)
+                    ),
+                )
+            ],
+        )
+    )
+
+    names = _symbols(500)
+    prices = rng.uniform(10, 1000, 500)
+    specs = [_cap_spec(rng, s, float(p)) for s, p in zip(names, prices, strict=True)]
+    sector = rng.integers(0, 11, 500)
+    defs = [IndexDefinition(id="CAP", method="cap", divisor=1e9, constituents=tuple(specs))]
+    defs += [
+        IndexDefinition(
+            id=f"SECTOR{k}",
+            method="cap",
+            base_value=1000.0,
+            constituents=tuple(s for s, g in zip(specs, sector, strict=True) if g == k),
+        )
+        for k in range(11)
+    ]
+    defs.append(
+        IndexDefinition(id="EW", method="equal", base_value=1000.0, constituents=tuple(specs))
+    )
+    defs.append(
+        IndexDefinition(
+            id="CAPPED",
+            method="cap",
+            base_value=1000.0,
+            constituents=tuple(
+                ConstituentSpec(
+                    symbol=s.symbol,
+                    shares=s.shares,
+                    iwf=s.iwf,
+                    awf=float(rng.uniform(0.3, 1.0)),
+                    price=s.price,
+                )
+                for s in specs
+            ),
+        )
+    )
+    defs.append(
+        IndexDefinition(
+            id="TOP100", method="cap", base_value=1000.0, constituents=tuple(specs[:100])
+        )
+    )
+    out.append(Scenario("500 symbols / 15 indices", 500, 15, defs))
+
+    n_symbols, n_indices, per_index = 10_000, 2_000, 100
+    names = _symbols(n_symbols)
+    prices = rng.uniform(5, 800, n_symbols)
+    specs = [_cap_spec(rng, s, float(p)) for s, p in zip(names, prices, strict=True)]
+    defs = []
+    for k in range(n_indices):
+        members = rng.choice(n_symbols, per_index, replace=False)
+        defs.append(
+            IndexDefinition(
+                id=f"IX{k:04d}",
+                method="cap",
+                base_value=1000.0,
+                constituents=tuple(specs[i] for i in sorted(members)),
+            )
+        )
+    out.append(Scenario("10,000 symbols / 2,000 indices", n_symbols, n_indices, defs))
+    return out
+
+
+def _tick_arrays(
+    rng: np.random.Generator, engine: Engine, n_ticks: int, start_ts: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    n_symbols = len(engine.book)
+    sids = rng.integers(0, n_symbols, n_ticks).astype(np.int64)
+    # Small moves around the seed price: always inside the 10% band, never held.
+    base = engine.book.price[:n_symbols].copy()
+    prices = np.round(base[sids] * rng.uniform(0.98, 1.02, n_ticks), 2)
+    ts = start_ts + np.arange(n_ticks, dtype=np.int64)
+    seqs = np.full(n_ticks, -1, dtype=np.int64)
+    return sids, prices, ts, seqs
+
+
+def measure(scenario: Scenario, batch: int, seconds: float, rng: np.random.Generator) -> Figure:
+    clock_ns = [0]
+    engine = Engine(scenario.definitions, QualitySettings(), clock=lambda: clock_ns[0])
+    n_batches = max(3, min(2_000_000 // batch, 20_000))
+    sids, prices, ts, seqs = _tick_arrays(rng, engine, n_batches * batch, 1)
+    splits = [(k * batch, (k + 1) * batch) for k in range(n_batches)]
+    apply = engine.apply_tick_arrays
+    # Warm-up: first prices, allocations, code paths.
+    for lo, hi in splits[:2]:
+        apply(sids[lo:hi], prices[lo:hi], ts[lo:hi], seqs[lo:hi], int(ts[hi - 1]))
+    done = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    for lo, hi in splits[2:]:
+        apply(sids[lo:hi], prices[lo:hi], ts[lo:hi], seqs[lo:hi], int(ts[hi - 1]))
+        done += 1
+        if time.perf_counter() > deadline:
+            break
+    elapsed = time.perf_counter() - started
+    return Figure(
+        scenario=scenario.name,
+        symbols=scenario.symbols,
+        indices=scenario.indices,
+        entries=len(engine.members),
+        batch=batch,
+        ticks=done * batch,
+        ticks_per_s=done * batch / elapsed,
+        us_per_batch=elapsed / done * 1e6,
+    )
+
+
+def naive_ticks_per_s(scenario: Scenario, seconds: float, rng: np.random.Generator) -> float:
+    """Per tick: validate, store, recompute each index holding the symbol, in pure Python."""
+    prices: dict[str, float] = {}
+    members: list[list[tuple[str, float]]] = []
+    holders: dict[str, list[int]] = {}
+    divisors: list[float] = []
+    for j, d in enumerate(scenario.definitions):
+        row = [(c.symbol, c.shares * c.iwf * c.awf) for c in d.constituents]
+        members.append(row)
+        for c in d.constituents:
+            prices[c.symbol] = c.price or 1.0
+            holders.setdefault(c.symbol, []).append(j)
+        divisors.append(d.divisor or 1.0)
+    levels = [0.0] * len(members)
+    names = list(prices)
+    picks = rng.integers(0, len(names), 200_000)
+    moves = rng.uniform(0.98, 1.02, 200_000)
+    done = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    for pick, move in zip(picks.tolist(), moves.tolist(), strict=True):
+        symbol = names[pick]
+        price = round(prices[symbol] * move, 2)
+        if not (price > 0.0 and price != float("inf")):
+            continue
+        prices[symbol] = price
+        for j in holders[symbol]:
+            levels[j] = sum(prices[s] * q for s, q in members[j]) / divisors[j]
+        done += 1
+        if done % 256 == 0 and time.perf_counter() > deadline:
+            break
+    return done / (time.perf_counter() - started)
+
+
+def run(seconds: float, quick: bool, progress: Callable[[str], None]) -> list[Figure]:
+    rng = np.random.default_rng(7)
+    scenarios = build_scenarios(rng)
+    figures = []
+    for scenario in scenarios:
+        progress(f"naive baseline: {scenario.name}")
+        naive = naive_ticks_per_s(scenario, min(seconds, 1.0), rng)
+        for batch in BATCH_SIZES:
+            if quick and batch == 10_000 and scenario.symbols < 10_000:
+                continue
+            progress(f"{scenario.name}, batch {batch}")
+            figure = measure(scenario, batch, seconds, rng)
+            figure.naive_ticks_per_s = naive
+            figure.speedup = figure.ticks_per_s / naive
+            figures.append(figure)
+    return figures
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    seconds = 0.2 if args.quick else args.seconds
+    console = Console(stderr=True)
+    with console.status("benchmarking") as status:
+        figures = run(seconds, args.quick, lambda text: status.update(f"benchmarking: {text}"))
+    rss = peak_rss_mb()
+    if args.json:
+        json.dump(
+            {"kernel": [asdict(f) for f in figures], "peak_rss_mb": rss}, sys.stdout, indent=2
+        )
+        sys.stdout.write("\n")
+        return 0
+    table = Table(title="streamer bench kernel")
+    for column in (
+        "scenario",
+        "entries",
+        "batch",
+        "ticks/s",
+        "us/batch",
+        "naive ticks/s",
+        "speed-up",
+    ):
+        table.add_column(column, justify="left" if column == "scenario" else "right")
+    for f in figures:
+        table.add_row(
+            f.scenario,
+            f"{f.entries:,}",
+            f"{f.batch:,}",
+            f"{f.ticks_per_s:,.0f}",
+            f"{f.us_per_batch:,.1f}",
+            f"{f.naive_ticks_per_s or 0:,.0f}",
+            f"{f.speedup or 0:,.1f}x",
+        )
+    out = Console()
+    out.print(table)
+    out.print(f"peak RSS: {rss:,.0f} MB")
+    return 0

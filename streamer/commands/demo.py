@@ -1,0 +1,204 @@
+"""``streamer demo``: broker, Redis, simulated feed, the service and the live view, in one go.
+
+Starts private mosquitto and redis-server on free loopback ports, points the service and the
+feed at them through the environment (``STREAMER_MQTT_URL``, ``STREAMER_REDIS_URL``,
+``STREAMER_METRICS_LISTEN``), runs ``watch`` in the foreground until Ctrl-C, and then stops
+everything it started, in order, also when something fails along the way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from rich.console import Console
+
+import streamer
+from streamer.commands.watch import WatchTarget, watch
+from streamer.config import Settings, load_settings
+from streamer.localservices import LocalMosquitto, LocalRedis, free_port
+from streamer.tools.processes import (
+    ChildProcess,
+    ChildProcessError,
+    child_environment,
+    streamer_command,
+)
+from streamer.tools.scrape import metrics_url
+from streamer.tools.shutdown import stop_on_signals
+
+HELP = (
+    "local demo: private mosquitto and redis-server, a simulated feed, the service and the "
+    "live view, until Ctrl-C"
+)
+
+DEMO_CONFIG = Path("config") / "streamer.toml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="service config with the index universe "
+        "(default config/streamer.toml of this checkout)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=2000.0,
+        metavar="TICKS_PER_S",
+        help="simulated ticks per second (default 2000)",
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=30.0,
+        metavar="X",
+        help="simulated trading seconds per real second, so that prices move visibly (default 30)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="stop by itself after S seconds (default: at Ctrl-C)",
+    )
+    parser.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the working directory with the logs after exit",
+    )
+
+
+def default_config() -> Path:
+    """config/streamer.toml in the current directory, else in the checkout streamer runs from."""
+    if DEMO_CONFIG.is_file():
+        return DEMO_CONFIG
+    return Path(streamer.__file__).resolve().parent.parent / DEMO_CONFIG
+
+
+def main(args: argparse.Namespace) -> int:
+    config_path = Path(args.config) if args.config else default_config()
+    settings = load_settings(config_path)  # a bad config stops us before anything starts
+    console = Console()
+    workdir = Path(tempfile.mkdtemp(prefix="streamer-demo-"))
+    failed = True
+    try:
+        with stop_on_signals() as stop, ExitStack() as stack:
+            console.print("[bold]streamer demo[/bold]: starting mosquitto and redis-server ...")
+            broker = stack.enter_context(LocalMosquitto(workdir=workdir / "mosquitto"))
+            redis_server = stack.enter_context(LocalRedis(workdir=workdir / "redis"))
+            listen = f"127.0.0.1:{free_port()}"
+            env = child_environment(
+                {
+                    "STREAMER_MQTT_URL": broker.url,
+                    "STREAMER_REDIS_URL": redis_server.url,
+                    "STREAMER_METRICS_LISTEN": listen,
+                }
+            )
+            config = str(config_path.resolve())
+            service = ChildProcess(
+                "service",
+                streamer_command("run", "--config", config),
+                env,
+                workdir / "service.log",
+            )
+            feed = ChildProcess(
+                "simulate",
+                streamer_command(
+                    "simulate",
+                    "--config",
+                    config,
+                    "--rate",
+                    str(args.rate),
+                    "--time-scale",
+                    str(args.time_scale),
+                ),
+                env,
+                workdir / "simulate.log",
+            )
+            # Stopped in reverse order: the feed first, then the service (which drains).
+            stack.callback(service.stop)
+            stack.callback(feed.stop)
+            console.print("starting the service ...")
+            service.start().wait_for_metrics(metrics_url(listen))
+            feed.start()
+            _print_banner(
+                console, settings, broker.url, redis_server.url, listen=listen, workdir=workdir
+            )
+
+            def health() -> str | None:
+                for child in (service, feed):
+                    if not child.alive():
+                        return (
+                            f"{child.name} exited with code {child.exit_code()}; "
+                            f"last lines of {child.log_path}:\n{child.log_tail()}"
+                        )
+                return None
+
+            target = WatchTarget(
+                url=redis_server.url,
+                password=None,
+                prefix=settings.redis.prefix,
+                known=tuple(s for d in settings.indices for s in d.series_ids()),
+            )
+            problem = watch(
+                target,
+                stop,
+                console,
+                duration_s=args.duration,
+                title=f"streamer demo · {len(settings.indices)} indices · "
+                f"{args.rate:,.0f} ticks/s simulated",
+                footer=lambda: f"metrics {metrics_url(listen)} · Ctrl-C to stop",
+                health=health,
+            )
+            console.print()
+            if problem:
+                console.print(f"[red]streamer demo: {problem}[/red]")
+                return 1
+            console.print("stopping the feed, the service, redis-server and mosquitto ...")
+            stack.close()
+            feed_summary = _last_line(feed.log_path, "simulate:")
+            if feed_summary:
+                console.print(feed_summary)
+            if service.returncode not in (0, None):
+                console.print(f"[red]the service exited with code {service.returncode}[/red]")
+                return 1
+            failed = False
+            return 0
+    except ChildProcessError as exc:
+        console.print(f"[red]streamer demo: {exc}[/red]")
+        return 1
+    finally:
+        if failed or args.keep_logs:
+            console.print(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _print_banner(
+    console: Console, settings: Settings, mqtt: str, redis_url: str, *, listen: str, workdir: Path
+) -> None:
+    series = sum(len(d.series_ids()) for d in settings.indices)
+    symbols = len({c.symbol for d in settings.indices for c in d.constituents})
+    console.print(
+        f"[bold green]running[/bold green]: {len(settings.indices)} indices "
+        f"({series} series) over {symbols} symbols\n"
+        f"  broker   {mqtt}\n"
+        f"  redis    {redis_url}  (prefix {settings.redis.prefix!r}: "
+        f"try `redis-cli -u {redis_url} hgetall {settings.redis.prefix}:index:"
+        f"{settings.indices[0].id}`)\n"
+        f"  metrics  {metrics_url(listen)}\n"
+        f"  logs     {workdir}"
+    )
+    time.sleep(0.5)  # let the first levels arrive before the first frame
+
+
+def _last_line(path: Path, prefix: str) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line for line in reversed(lines) if line.startswith(prefix)), "")

@@ -1,0 +1,228 @@
+"""The benchmark's helper processes: a paced publisher, and the ceiling consumer.
+
+Both run in their own process (multiprocessing, spawn) so that the process under test never
+shares an interpreter, a GIL or a core with the load generator.
+
+Throughput steps send pre-encoded packets from a pool built before the clock starts, so the
+publisher costs little more than the ``send`` calls and leaves the CPU to the broker and the
+service.  A pool is cyclic: its ticks carry the pool's build time as ``ts`` and no ``seq``
+(both optional on the wire), and its prices wander only a few basis points, so it can be
+replayed any number of times without a tick ever being out of order or a big move.  The
+latency step stamps every message with the time it leaves (``ts``) and a sequence number.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from streamer.tools.feed import FeedUniverse, GbmMarket
+from streamer.tools.mqtt_publisher import BrokerEndpoint, MqttPublisher, publish_packet
+from streamer.tools.pacing import Pacer
+from streamer.tools.tick_encoding import BATCH_TOPIC, PayloadFormat, TickEncoder, topic_for
+from streamer.wire import DECODERS, FxRate, encode
+
+_POOL_TICKS = 20_000  # single-tick packets in a pool (cycled)
+_POOL_BATCHES = 64  # batch packets in a pool
+_POOL_SPAN_S = 60.0  # trading seconds a pool's price path covers: a few basis points of moves
+_MAX_BURST = 2_000  # packets per write at most
+
+
+@dataclass(frozen=True)
+class Opening:
+    """Every FX pair and one tick per symbol, stamped now."""
+
+
+@dataclass(frozen=True)
+class Throughput:
+    rate: float  # ticks per second
+    duration_s: float
+    batch: int = 1
+    fmt: PayloadFormat = "json"
+
+
+@dataclass(frozen=True)
+class Latency:
+    rate: float  # ticks per second, single-tick JSON messages
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class Quit:
+    pass
+
+
+@dataclass(frozen=True)
+class Sent:
+    ticks: int
+    messages: int
+    elapsed_s: float
+    first_ts: int = 0  # UTC ns of the first message's ts
+
+
+class BenchPublisher:
+    """Executes the controller's commands against one broker connection."""
+
+    def __init__(self, endpoint: BrokerEndpoint, universe: FeedUniverse, seed: int = 7) -> None:
+        self.universe = universe
+        self.seed = seed
+        self.market = GbmMarket(universe, seed=seed)
+        self.encoder = TickEncoder(universe.symbols)
+        self.publisher = MqttPublisher(endpoint, client_id="streamer-bench-publisher")
+
+    def execute(self, command: Any) -> Sent:
+        if isinstance(command, Opening):
+            return self.opening()
+        if isinstance(command, Throughput):
+            return self.throughput(command)
+        if isinstance(command, Latency):
+            return self.latency(command)
+        raise ValueError(f"unknown command {command!r}")
+
+    def opening(self) -> Sent:
+        started = time.perf_counter()
+        ts = time.time_ns()
+        fx = [
+            publish_packet(topic_for("fx", pair).encode(), encode(FxRate(pair, rate, ts)))
+            for pair, rate in zip(
+                self.universe.fx_pairs, self.universe.fx_start.tolist(), strict=True
+            )
+        ]
+        chunk = self.market.opening()
+        ticks = self.encoder.single_packets(chunk.symbol_ids, chunk.prices, chunk.seqs, ts, "json")
+        self.publisher.publish_packets(fx + ticks)
+        return Sent(len(ticks), len(fx) + len(ticks), time.perf_counter() - started, ts)
+
+    def pool(self, batch: int, fmt: PayloadFormat) -> list[bytes]:
+        """A cycle of ready PUBLISH packets (see the module doc for why it may repeat)."""
+        market = GbmMarket(self.universe, seed=self.seed)
+        n = market.size
+        total = max(_POOL_TICKS, n) if batch == 1 else _POOL_BATCHES * batch
+        ids = market.round_robin_symbols(0, total)
+        chunk = market.step(ids, np.linspace(0.0, _POOL_SPAN_S, total))
+        ts = time.time_ns()
+        encode_json = msgspec.json.Encoder().encode
+        encode_any = encode_json if fmt == "json" else msgspec.msgpack.Encoder().encode
+        names = self.universe.symbols
+        objects = [
+            {"symbol": names[i], "price": p, "ts": ts}
+            for i, p in zip(ids.tolist(), chunk.prices.tolist(), strict=True)
+        ]
+        if batch == 1:
+            return [
+                publish_packet(topic_for("ticks", obj["symbol"]).encode(), encode_any(obj))
+                for obj in objects
+            ]
+        topic = BATCH_TOPIC.encode()
+        return [
+            publish_packet(topic, encode_any(objects[i : i + batch]))
+            for i in range(0, total - batch + 1, batch)
+        ]
+
+    def throughput(self, command: Throughput) -> Sent:
+        pool = self.pool(command.batch, command.fmt)
+        pacer = Pacer(command.rate / command.batch, max_lag_s=0.25)
+        cursor = 0
+        sent = 0
+        started = pacer.started
+        deadline = started + command.duration_s
+        while time.perf_counter() < deadline:
+            due = min(pacer.due(), _MAX_BURST)
+            if due == 0:
+                pacer.wait()
+                continue
+            burst: list[bytes] = []
+            while len(burst) < due:
+                take = min(due - len(burst), len(pool) - cursor)
+                burst.extend(pool[cursor : cursor + take])
+                cursor = (cursor + take) % len(pool)
+            self.publisher.publish_packets(burst)
+            pacer.release(due)
+            sent += due
+        elapsed = time.perf_counter() - started
+        return Sent(sent * command.batch, sent, elapsed)
+
+    def latency(self, command: Latency) -> Sent:
+        pacer = Pacer(command.rate, max_lag_s=0.25)
+        sent = 0
+        first_ts = time.time_ns()
+        started = pacer.started
+        deadline = started + command.duration_s
+        while time.perf_counter() < deadline:
+            due = min(pacer.due(), _MAX_BURST)
+            if due == 0:
+                pacer.wait()
+                continue
+            ids = self.market.random_symbols(due)
+            chunk = self.market.step(ids, np.full(due, (time.perf_counter() - started)))
+            ts = time.time_ns()
+            self.publisher.publish_packets(
+                self.encoder.single_packets(chunk.symbol_ids, chunk.prices, chunk.seqs, ts, "json")
+            )
+            pacer.release(due)
+            sent += due
+        return Sent(sent, sent, time.perf_counter() - started, first_ts)
+
+
+def publisher_process(conn: Connection, endpoint: BrokerEndpoint, universe: FeedUniverse) -> None:
+    """Process entry point: connect, say ``ready``, then answer each command with ``Sent``."""
+    worker = BenchPublisher(endpoint, universe)
+    try:
+        worker.publisher.connect()
+    except Exception as exc:
+        conn.send(exc)
+        return
+    conn.send("ready")
+    try:
+        while True:
+            command = conn.recv()
+            if isinstance(command, Quit):
+                break
+            try:
+                conn.send(worker.execute(command))
+            except Exception as exc:
+                conn.send(exc)
+    finally:
+        worker.publisher.close()
+
+
+def ceiling_consumer_process(
+    endpoint: BrokerEndpoint, received: Synchronized[int], ready: Event, stop: Event
+) -> None:
+    """The ceiling: a paho-mqtt callback consumer that only receives and decodes ticks."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    decode = DECODERS["tick"].decode
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="streamer-bench-ceiling")
+    if endpoint.username is not None:
+        client.username_pw_set(endpoint.username, endpoint.password)
+    if endpoint.tls:
+        client.tls_set()
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        c.subscribe("ticks/#", qos=1)  # as the service subscribes
+
+    def on_subscribe(c: Any, userdata: Any, mid: Any, reasons: Any, properties: Any) -> None:
+        ready.set()
+
+    def on_message(c: Any, userdata: Any, message: Any) -> None:
+        received.value += len(decode(message.payload).messages)
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    client.connect(endpoint.host, endpoint.port)
+    client.loop_start()
+    try:
+        stop.wait()
+    finally:
+        client.loop_stop()
+        client.disconnect()
