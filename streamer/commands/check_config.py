@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from streamer.config import load_settings, redact_url
-from streamer.engine import Engine
 
 HELP = "validate config and index definitions; print a summary; exit 0, or 2 with the error"
 
@@ -16,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    from streamer.engine import Engine  # after validation: a bad config need not load numpy
+
     # Building the engine cross-checks the definitions (one currency and seed price per symbol).
     engine = Engine(settings.indices, settings.quality)
     print(f"config {settings.path}: OK")

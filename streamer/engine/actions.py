@@ -297,10 +297,11 @@ def _add(engine: Engine, a: AddConstituent, effective: int) -> Outcome:
             return "currency_mismatch"
     elif a.currency is not None and a.currency not in KNOWN_CURRENCIES:
         return "unknown_currency"
-    has_price = (sid is not None and not math.isnan(engine.book.price[sid])) or a.price is not None
     established = not math.isnan(engine.divisor[j])
-    if established and not has_price:
-        return "no_price"
+    if established:
+        missing = _unpriced(engine, j, a.symbol, a.currency, a.price)
+        if missing:
+            return missing
     spec = ConstituentSpec(
         symbol=a.symbol,
         shares=a.shares or 1.0,
@@ -358,11 +359,9 @@ def _rebalance(engine: Engine, a: Rebalance, effective: int) -> Outcome:
                 return "currency_mismatch"
             if s.currency is not None and s.currency not in KNOWN_CURRENCIES:
                 return "unknown_currency"
-            priced = (sid is not None and not math.isnan(engine.book.price[sid])) or (
-                s.price is not None
-            )
-            if established and not priced:
-                return "no_price"
+            missing = _unpriced(engine, j, s.symbol, s.currency, s.price)
+            if established and missing:
+                return missing
     elif engine.methods[j] == "equal" and established and engine.missing[j] > 0:
         return "no_price"
 
@@ -381,6 +380,21 @@ def _rebalance(engine: Engine, a: Rebalance, effective: int) -> Outcome:
             _requote_q(engine, m.of_index(j))
 
     return engine.adjust([j], change, "rebalance", a.id, "", effective)
+
+
+def _unpriced(
+    engine: Engine, j: int, symbol: str, currency: str | None, seed: float | None
+) -> str | None:
+    """Why a new member of established index j could not be valued now, if it could not:
+    the divisor adjustment needs its value at current prices (and FX) before it joins."""
+    sid = engine.book.ids.get(symbol)
+    if (sid is None or math.isnan(engine.book.price[sid])) and seed is None:
+        return "no_price"
+    source = engine.book.currency[sid] if sid is not None else (currency or engine.currencies[j])
+    slot = engine.fx.slot(source, engine.currencies[j])  # may grow the factor array
+    if math.isnan(engine.fx.factor[slot]):
+        return "no_fx"
+    return None
 
 
 def _member_value_total(engine: Engine, j: int) -> float:

@@ -24,7 +24,7 @@ from streamer.config import IndexDefinition, QualitySettings
 from streamer.engine import kernels
 from streamer.engine.actions import apply_action
 from streamer.engine.fx import FxBook
-from streamer.engine.quality import screen_one, screen_round
+from streamer.engine.quality import screen_one, screen_round, screen_runs
 from streamer.engine.results import (
     BAD_PRICE,
     OUT_OF_ORDER,
@@ -100,9 +100,8 @@ class Engine:
             for sid, variant in zip(d.series_ids(), d.variants, strict=True)
         ]
         self.series_ids = tuple(s for s, _, _ in self.series)
-        self._series_of_index: list[list[str]] = [[] for _ in range(n)]
-        for s, j, _ in self.series:
-            self._series_of_index[j].append(s)
+        self._series_names = np.array(self.series_ids, dtype=object)
+        self._series_index = np.array([j for _, j, _ in self.series], dtype=np.int64)
         # Per-symbol rows as Python lists, for the per-tick path (cleared on any rebuild).
         self._row_cache: dict[int, tuple[list[int], list[float]]] = {}
         self._any_dirty = False
@@ -230,7 +229,7 @@ class Engine:
                 dtype=np.int64,
                 count=len(ticks),
             )
-            self._apply_ticks(sids, prices, ts, seqs, now, result)
+            self._apply_ticks(sids, prices, ts, seqs, now, result, symbols)
         self._apply_due(now, result)
         self._finish(result)
         for ref in references:
@@ -262,15 +261,18 @@ class Engine:
     # ------------------------------------------------------------------ ticks
 
     def _apply_ticks(
-        self, sids: I64, prices: F64, ts: I64, seqs: I64, now: int, result: BatchResult
+        self,
+        sids: I64,
+        prices: F64,
+        ts: I64,
+        seqs: I64,
+        now: int,
+        result: BatchResult,
+        symbols: list[str] | None = None,
     ) -> None:
         if len(sids) <= self.small_batch and not self._pending:
             self._screen_and_move_each(sids, prices, ts, seqs, now, result)
             return
-        known = sids >= 0
-        if not known.all():
-            result.outcomes[REJECTED, UNKNOWN_SYMBOL] += int((~known).sum())
-            sids, prices, ts, seqs = sids[known], prices[known], ts[known], seqs[known]
         # Actions take effect between the ticks stamped before and at/after their time.
         while self._pending and len(ts) and self._pending[0][0] <= int(ts.max()):
             effective = self._pending[0][0]
@@ -281,7 +283,15 @@ class Engine:
                 )
                 after = ~before
                 sids, prices, ts, seqs = sids[after], prices[after], ts[after], seqs[after]
+                if symbols is not None:
+                    symbols = [
+                        sym for sym, keep in zip(symbols, after.tolist(), strict=True) if keep
+                    ]
             self._apply_due(effective, result)
+            unknown = np.flatnonzero(sids < 0)
+            if symbols is not None and len(unknown):
+                # An `add` just applied may have made a later tick's symbol known.
+                sids[unknown] = self.book.lookup([symbols[k] for k in unknown.tolist()])
         if len(sids):
             self._screen_and_move(sids, prices, ts, seqs, now, result)
 
@@ -291,21 +301,31 @@ class Engine:
         if len(sids) <= self.small_batch:
             self._screen_and_move_each(sids, prices, ts, seqs, now, result)
             return
+        known = sids >= 0
+        if not known.all():
+            result.outcomes[REJECTED, UNKNOWN_SYMBOL] += int((~known).sum())
+            sids, prices, ts, seqs = sids[known], prices[known], ts[known], seqs[known]
+            if len(sids) == 0:
+                return
         book = self.book
         counts = np.bincount(sids, minlength=len(book))
         touched = np.flatnonzero(counts)
         before = book.price[touched]
-        for positions in kernels.occurrence_rounds(sids, counts):
-            screen_round(
-                book,
-                sids[positions],
-                prices[positions],
-                ts[positions],
-                seqs[positions],
-                self.band,
-                now,
-                result.outcomes,
-            )
+        rest = screen_runs(book, sids, prices, ts, seqs, self.band, now, result.outcomes)
+        if len(rest):
+            sids, prices, ts, seqs = sids[rest], prices[rest], ts[rest], seqs[rest]
+            rest_counts = np.bincount(sids, minlength=len(book))
+            for positions in kernels.occurrence_rounds(sids, rest_counts):
+                screen_round(
+                    book,
+                    sids[positions],
+                    prices[positions],
+                    ts[positions],
+                    seqs[positions],
+                    self.band,
+                    now,
+                    result.outcomes,
+                )
         after = book.price[touched]
         moved = (after != before) & ~np.isnan(after)
         first = moved & np.isnan(before)
@@ -318,8 +338,10 @@ class Engine:
     def _screen_and_move_each(
         self, sids: I64, prices: F64, ts: I64, seqs: I64, now: int, result: BatchResult
     ) -> None:
-        book, sums, dirty_few, newest = self.book, self.sums, self._dirty_few, self.newest_ts
-        first: list[int] = []
+        """The vector path's rules one tick at a time: screen each tick in order, then move
+        each symbol by its net change, stamped with its last accepted tick's ts."""
+        book = self.book
+        initial: dict[int, float] = {}
         for sid, price, t, seq in zip(
             sids.tolist(), prices.tolist(), ts.tolist(), seqs.tolist(), strict=True
         ):
@@ -327,35 +349,43 @@ class Engine:
                 result.outcomes[REJECTED, UNKNOWN_SYMBOL] += 1
                 continue
             before = float(book.price[sid])
-            if not screen_one(book, sid, price, t, seq, self.band, now, result.outcomes):
-                continue
+            if screen_one(book, sid, price, t, seq, self.band, now, result.outcomes):
+                initial.setdefault(sid, before)
+        first: list[int] = []
+        delta: dict[int, float] = {}
+        newest = self.newest_ts
+        for sid, before in initial.items():
+            change = float(book.price[sid]) - before
             if math.isnan(before):
                 first.append(sid)
                 continue
-            change = price - before
             if change == 0.0:
                 continue
+            t = int(book.source_ts[sid])
             # Python scalars beat numpy calls on rows of a handful of entries.
             for j, weight in zip(*self._row(sid), strict=True):
-                contribution = change * weight
-                if contribution != 0.0:
-                    sums[j] += contribution
-                    dirty_few.add(j)
-                    if newest[j] < t:
-                        newest[j] = t
+                delta[j] = delta.get(j, 0.0) + change * weight
+                if newest[j] < t:
+                    newest[j] = t
+        sums, dirty_few = self.sums, self._dirty_few
+        for j, change_of_sum in delta.items():
+            if change_of_sum != 0.0:
+                sums[j] += change_of_sum
+                dirty_few.add(j)
         if first:
             self._first_prices(np.array(first, dtype=np.int64))
 
     def _move(self, sids: I64, price_change: F64) -> None:
-        delta, entries = kernels.index_deltas(self.members, sids, price_change, self.n_indices)
-        self.sums += delta
+        delta = kernels.move_indices(
+            self.members, sids, price_change, self.book.source_ts, self.sums, self.newest_ts
+        )
         self._mark_dirty(delta != 0.0)
-        kernels.raise_newest_ts(self.newest_ts, self.members, entries, self.book.source_ts)
 
     def _first_prices(self, sids: I64) -> None:
         entries = self.members.rows(np.unique(sids))
-        self._recompute_indices(np.unique(self.members.index[entries]))
-        kernels.raise_newest_ts(self.newest_ts, self.members, entries, self.book.source_ts)
+        where = self.members.index[entries]
+        self._recompute_indices(np.unique(where))
+        np.maximum.at(self.newest_ts, where, self.book.source_ts[self.members.sid[entries]])
 
     def _recompute_indices(self, indices: I64) -> None:
         if len(indices) == 0:
@@ -416,19 +446,16 @@ class Engine:
                     np.isnan(self.divisor) & (self.missing == 0) & (self.members.count > 0)
                 )
             )
-        changed: set[int] = set()
-        if self._any_dirty:
-            marked = np.flatnonzero(self.dirty)
-            self.dirty[marked] = False
-            self._any_dirty = False
-            changed.update(marked.tolist())
         if self._dirty_few:
-            changed |= self._dirty_few
+            self.dirty[list(self._dirty_few)] = True
             self._dirty_few = set()
-        series_of, divisor = self._series_of_index, self.divisor
-        for j in sorted(changed):
-            if not math.isnan(divisor[j]):
-                result.changed.extend(series_of[j])
+            self._any_dirty = True
+        if not self._any_dirty:
+            return
+        changed = self.dirty & ~np.isnan(self.divisor)
+        result.changed.extend(self._series_names[changed[self._series_index]].tolist())
+        self.dirty[:] = False
+        self._any_dirty = False
 
     @property
     def _unestablished(self) -> int:
@@ -515,7 +542,7 @@ class Engine:
             new_divisor = old_divisor
             complete = missing_before[j] == 0 and missing_after[j] == 0
             if not math.isnan(old_divisor) and complete and before[j] > 0:
-                ratio = after[j] / before[j]
+                ratio = float(after[j] / before[j])
                 if abs(ratio - 1.0) > DIVISOR_EPSILON:
                     new_divisor = old_divisor * ratio
             self.divisor[j] = new_divisor
@@ -528,8 +555,12 @@ class Engine:
                     effective=effective,
                     divisor_before=old_divisor,
                     divisor_after=new_divisor,
-                    level_before=float(before[j] / old_divisor) if complete else math.nan,
-                    level_after=float(after[j] / new_divisor) if complete else math.nan,
+                    level_before=float(before[j] / old_divisor)
+                    if missing_before[j] == 0
+                    else math.nan,
+                    level_after=float(after[j] / new_divisor)
+                    if missing_after[j] == 0
+                    else math.nan,
                 )
             )
         self.sums[js] = after[js]

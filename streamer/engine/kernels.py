@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamer.engine.universe import F64, I64, Mask, Membership
+from streamer.engine.universe import F64, I64, NO_TS, Mask, Membership
 
-# Beyond this share of all entries, one pass over every entry beats gathering rows.
-FULL_PASS_SHARE = 0.25
+# Beyond this share of all entries, one pass over every entry (in index order, reducing
+# contiguous segments) beats gathering the touched rows one by one.
+FULL_PASS_SHARE = 0.1
 
 
 def occurrence_rounds(sids: I64, counts: I64) -> list[I64]:
@@ -39,32 +40,43 @@ def occurrence_rounds(sids: I64, counts: I64) -> list[I64]:
     return np.split(by_round, np.cumsum(sizes)[:-1])
 
 
-def index_deltas(
-    members: Membership, sids: I64, price_change: F64, n_indices: int
-) -> tuple[F64, I64]:
-    """Change of every index sum when the prices of ``sids`` move by ``price_change``.
+def move_indices(
+    members: Membership, sids: I64, price_change: F64, source_ts: I64, sums: F64, newest_ts: I64
+) -> F64:
+    """Add the effect of price moves of ``sids`` to every index sum, in place.
 
-    Returns (delta per index, entry positions touched).  Small batches gather only the CSR
-    rows they touch; large ones make one pass over all entries with a dense per-symbol vector,
-    which is cheaper than gathering most of the rows one by one.
+    Also raises ``newest_ts[j]`` to the ts of the newest tick that moved index j.  Returns the
+    change of each index sum.  Small batches gather only the CSR rows they touch; large ones
+    make one pass over all entries in index order with a dense per-symbol vector (cache
+    resident) and reduce each index's contiguous segment.
     """
+    n_indices = len(sums)
     lengths = members.row_ptr[sids + 1] - members.row_ptr[sids]
-    touched = int(lengths.sum())
-    if touched > FULL_PASS_SHARE * len(members):
-        dense = np.zeros(len(members.row_ptr) - 1)
+    if int(lengths.sum()) > FULL_PASS_SHARE * len(members):
+        n_symbols = len(members.row_ptr) - 1
+        dense = np.zeros(n_symbols)
         dense[sids] = price_change
-        contribution = dense[members.sid] * members.qfx0
-        entries = np.flatnonzero(dense[members.sid] != 0.0)
-        delta: F64 = np.bincount(members.index, weights=contribution, minlength=n_indices).astype(
-            np.float64, copy=False
-        )
-        return delta, entries
+        ts_dense = np.full(n_symbols, NO_TS, dtype=np.int64)
+        ts_dense[sids] = source_ts[sids]
+        segments = members.segment_starts
+        delta = np.zeros(n_indices)
+        if len(segments):
+            contribution = dense[members.sid_by_index] * members.qfx0_by_index
+            delta[members.nonempty] = np.add.reduceat(contribution, segments)
+            newest = np.maximum.reduceat(ts_dense[members.sid_by_index], segments)
+            np.maximum(newest_ts[members.nonempty], newest, out=newest)
+            newest_ts[members.nonempty] = newest
+        sums += delta
+        return delta
     entries = members.rows(sids)
     contribution = np.repeat(price_change, lengths) * members.qfx0[entries]
-    delta = np.bincount(members.index[entries], weights=contribution, minlength=n_indices).astype(
+    where = members.index[entries]
+    delta = np.bincount(where, weights=contribution, minlength=n_indices).astype(
         np.float64, copy=False
     )
-    return delta, entries
+    sums += delta
+    np.maximum.at(newest_ts, where, np.repeat(source_ts[sids], lengths))
+    return delta
 
 
 def full_sums(members: Membership, price: F64, n_indices: int) -> tuple[F64, I64]:
@@ -89,11 +101,6 @@ def sums_of(members: Membership, price: F64, indices: I64, n_indices: int) -> tu
     ).astype(np.float64)
     missing = np.bincount(where, weights=~priced, minlength=n_indices)
     return sums, missing.astype(np.int64)
-
-
-def raise_newest_ts(newest: I64, members: Membership, entries: I64, source_ts: I64) -> None:
-    """newest[j] = max(newest[j], ts of the newest accepted tick among the touched entries)."""
-    np.maximum.at(newest, members.index[entries], source_ts[members.sid[entries]])
 
 
 def stale_counts(members: Membership, stale_symbol: Mask, n_indices: int) -> I64:

@@ -10,9 +10,11 @@ Rules for one tick of a known symbol, in order:
    it, any other discards it (``unconfirmed``).  The first price of a symbol has no reference
    and is accepted.
 
-``screen_round`` applies the rules to many symbols at once (each symbol at most once);
+``screen_runs`` accepts, in one vectorized pass, every symbol whose ticks in the batch all
+pass against their predecessor (the common case) and returns the positions of the others;
+``screen_round`` applies the rules to many symbols at once (each symbol at most once) for those;
 ``screen_one`` is the same rules for a single tick, for batches too small to vectorize.
-The two must agree exactly; the property tests check that they do.
+They must agree exactly; the property tests check that they do.
 """
 
 from __future__ import annotations
@@ -37,6 +39,75 @@ from streamer.engine.results import (
 from streamer.engine.universe import F64, I64, NO_SEQ, SymbolBook
 
 Outcomes = Counter[tuple[str, str]]
+
+
+def screen_runs(
+    book: SymbolBook,
+    sids: I64,
+    prices: F64,
+    ts: I64,
+    seqs: I64,
+    band: float,
+    now_ns: int,
+    outcomes: Outcomes,
+) -> I64:
+    """Accept whole runs of clean ticks at once; returns the positions left for the rounds.
+
+    A symbol's run is clean when nothing is held for it and each of its ticks, in arrival
+    order, would pass every rule against the tick before it (the first against the book):
+    then applying them one by one accepts all, and only the last one's price, ts and seq
+    remain.  Runs mixing ticks with and without seq are left to the rounds.
+    """
+    n = len(sids)
+    key = sids.astype(np.uint16) if len(book) <= 1 << 16 else sids
+    order = np.argsort(key, kind="stable")
+    s, p, t, q = sids[order], prices[order], ts[order], seqs[order]
+    head = np.empty(n, dtype=np.bool_)
+    head[0] = True
+    np.not_equal(s[1:], s[:-1], out=head[1:])
+    tail = np.empty(n, dtype=np.bool_)
+    tail[-1] = True
+    tail[:-1] = head[1:]
+    prev_price = np.empty(n)
+    prev_price[1:] = p[:-1]
+    prev_ts = np.empty(n, dtype=np.int64)
+    prev_ts[1:] = t[:-1]
+    prev_seq = np.empty(n, dtype=np.int64)
+    prev_seq[1:] = q[:-1]
+    heads = np.flatnonzero(head)
+    head_sids = s[heads]
+    prev_price[heads] = book.price[head_sids]
+    prev_ts[heads] = book.last_ts[head_sids]
+    prev_seq[heads] = book.last_seq[head_sids]
+    has_seq = q != NO_SEQ
+    with np.errstate(invalid="ignore", divide="ignore"):
+        clean = (
+            (p > 0.0)
+            & (p < np.inf)
+            & (t >= book.floor_ts[s])
+            & (t >= prev_ts)
+            & np.isnan(book.held[s])
+            & (np.isnan(prev_price) | (np.abs(p / prev_price - 1.0) <= band))
+        )
+    seq_ok = ~has_seq | (prev_seq == NO_SEQ) | (q > prev_seq)
+    # Within a run, a tick without seq after one with seq would compare against an older
+    # seq than prev_seq says: leave mixed runs to the rounds.
+    mixed = ~head & (has_seq != np.concatenate(([False], has_seq[:-1])))
+    clean &= seq_ok & ~mixed
+    run_clean = np.logical_and.reduceat(clean, heads)
+    clean_tick = np.repeat(run_clean, np.diff(np.append(heads, n)))
+    last = tail & clean_tick
+    last_sids = s[last]
+    book.price[last_sids] = p[last]
+    book.source_ts[last_sids] = t[last]
+    book.last_ts[last_sids] = t[last]
+    book.fresh_ns[last_sids] = now_ns
+    # The run's newest seq is its last one when all have seq; none when none have.
+    with_seq = last & has_seq
+    book.last_seq[s[with_seq]] = q[with_seq]
+    _count(outcomes, ACCEPTED, OK, int(clean_tick.sum()))
+    rest: I64 = np.sort(order[~clean_tick])
+    return rest
 
 
 def screen_round(

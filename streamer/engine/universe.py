@@ -97,6 +97,12 @@ class Membership:
         self.qfx: F64 = np.zeros(0)  # q * fx factor, NaN where the FX rate is not known yet
         self.qfx0: F64 = np.zeros(0)  # qfx with NaN as 0: for scattering deltas
         self.count: I64 = np.zeros(0, dtype=np.int64)  # constituents per index
+        # The same entries ordered by index (CSC), for one-pass segment reductions:
+        self.by_index: I64 = np.zeros(0, dtype=np.int64)  # entry positions, sorted by index
+        self.sid_by_index: I64 = np.zeros(0, dtype=np.int64)
+        self.qfx0_by_index: F64 = np.zeros(0)
+        self.nonempty: I64 = np.zeros(0, dtype=np.int64)  # indices with at least one entry
+        self.segment_starts: I64 = np.zeros(0, dtype=np.int64)  # their first CSC position
 
     def __len__(self) -> int:
         return len(self.sid)
@@ -133,11 +139,17 @@ class Membership:
             setattr(self, name, getattr(self, name)[order])
         self.row_ptr = np.searchsorted(self.sid, np.arange(n_symbols + 1)).astype(np.int64)
         self.count = np.bincount(self.index, minlength=n_indices).astype(np.int64)
+        self.by_index = np.argsort(self.index, kind="stable").astype(np.int64)
+        self.sid_by_index = self.sid[self.by_index]
+        self.nonempty = np.flatnonzero(self.count).astype(np.int64)
+        ends = np.cumsum(self.count)
+        self.segment_starts = (ends - self.count)[self.nonempty]
         self.refresh_fx(fx_factor)
 
     def refresh_fx(self, fx_factor: F64) -> None:
         self.qfx = self.q * fx_factor[self.fx_slot]
         self.qfx0 = np.where(np.isfinite(self.qfx), self.qfx, 0.0)
+        self.qfx0_by_index = self.qfx0[self.by_index]
 
     def of_index(self, j: int) -> I64:
         return np.flatnonzero(self.index == j)
