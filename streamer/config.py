@@ -413,6 +413,9 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], path: 
             if not name.startswith(prefix):
                 continue
             key = name[len(prefix) :].lower()
+            if _KUBERNETES_SERVICE_LINK.match(key):
+                # Injected by Kubernetes for a Service named e.g. "streamer-redis"; not ours.
+                continue
             if key == "password_file":
                 try:
                     table["password"] = Path(value).read_text(encoding="utf-8").strip()
@@ -429,6 +432,11 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], path: 
     env_indices = environ.get("STREAMER_INDICES")
     if env_indices:
         raw["indices"] = [p.strip() for p in env_indices.split(",") if p.strip()]
+
+
+_KUBERNETES_SERVICE_LINK = re.compile(
+    r"^(service_host|service_port(_.*)?|port(_\d+_(tcp|udp|sctp).*)?)$"
+)
 
 
 def _coerce_env(value: str) -> Any:
