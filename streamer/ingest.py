@@ -2,16 +2,15 @@
 
 The hot path is per burst, not per message:
 
-* :class:`RawInbox` replaces aiomqtt's per-message callback on the underlying paho client.
-  aiomqtt would build an ``aiomqtt.Message``, put it on an ``asyncio.Queue`` and wake a
-  consumer for every message (12-17k msg/s on the reference machine); the inbox only appends
-  ``(topic, payload, receipt_ns)`` to a list and sets an event when the list was empty.
-* :class:`BufferedSocket` hands paho its bytes from one large ``recv`` instead of the 3-5
-  small ``recv`` calls paho makes per packet, and reports the buffered bytes through
-  ``pending()``, which aiomqtt's reader already uses (for TLS) to keep reading: one event-loop
-  wake-up drains every packet that has arrived.
-* :func:`decode_messages` routes by topic and decodes a whole burst at once; single-tick
-  JSON payloads are joined into one JSON Lines buffer and decoded in one msgspec call.
+* :class:`RawInbox` collects ``(topic, payload, receipt_ns)``; the consumer swaps the whole
+  list out at once.  aiomqtt's own path builds an ``aiomqtt.Message``, an ``asyncio.Queue``
+  entry and a consumer wake-up per message (12-17k msg/s on the reference machine).
+* :class:`PublishSplitter` sits under paho as its socket: it reads large chunks, frames MQTT
+  packets itself and drops every QoS 0 PUBLISH straight into the inbox, passing everything
+  else to paho (which keeps owning connect, subscribe, keepalive and QoS 1/2); it also pauses
+  reading while the inbox is full so that the event loop stays responsive.
+* :class:`MessageRouter` routes by topic and decodes a whole burst at once; single-tick JSON
+  payloads are joined into one JSON Lines buffer and decoded in one msgspec call.
 * :class:`TickQueue` is the bounded queue in front of the engine: past ``queue_max`` it
   conflates to the latest tick per symbol.
 """
@@ -56,6 +55,7 @@ _TOPIC_KINDS: dict[str, MessageKind] = {
 }
 _SINGLE_TICK_LINES = msgspec.json.Decoder(Tick)
 _RECV_CHUNK = 256 * 1024
+MQTT_V311 = 4  # paho's protocol number for MQTT 3.1.1
 
 
 class ThrottledLog:
@@ -93,10 +93,20 @@ class RawInbox:
     directly.  Oversized payloads are counted and dropped here, before any decoding.
     """
 
-    def __init__(self, max_payload_bytes: int, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self,
+        max_payload_bytes: int,
+        clock: Callable[[], int] = time.time_ns,
+        *,
+        max_messages: int = 5_000,
+        max_bytes: int = 1024 * 1024,
+    ) -> None:
         self.max_payload_bytes = max_payload_bytes
-        self._clock = clock
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.clock = clock
         self._messages: list[RawMessage] = []
+        self._bytes = 0
         self._event = asyncio.Event()
         self.rejected: Counter[str] = Counter()
         self.received = 0
@@ -113,16 +123,30 @@ class RawInbox:
             self.rejected[UNKNOWN_TOPIC] += 1
             return
         messages = self._messages
-        messages.append((topic, payload, self._clock()))
+        messages.append((topic, payload, self.clock()))
+        self._bytes += len(payload)
         if len(messages) == 1:
             self._event.set()
+
+    def extend(self, messages: list[RawMessage]) -> None:
+        """Add messages framed elsewhere (already size-checked)."""
+        was_empty = not self._messages
+        self._messages.extend(messages)
+        self._bytes += sum(len(m[1]) for m in messages)
+        if was_empty:
+            self._event.set()
+
+    def is_full(self) -> bool:
+        """True when the reader should pause until the consumer has taken the messages."""
+        return len(self._messages) >= self.max_messages or self._bytes >= self.max_bytes
 
     def put(self, topic: str, payload: bytes, receipt_ns: int | None = None) -> None:
         """Add a message directly (tests, replay), with the same size check."""
         if len(payload) > self.max_payload_bytes:
             self.rejected[OVERSIZE] += 1
             return
-        self._messages.append((topic, payload, self._clock() if receipt_ns is None else receipt_ns))
+        self._messages.append((topic, payload, self.clock() if receipt_ns is None else receipt_ns))
+        self._bytes += len(payload)
         self._event.set()
 
     def __len__(self) -> int:
@@ -137,6 +161,7 @@ class RawInbox:
     def take(self) -> list[RawMessage]:
         """Every waiting message, oldest first; the inbox starts over empty."""
         messages, self._messages = self._messages, []
+        self._bytes = 0
         self._event.clear()
         self.received += len(messages)
         return messages
@@ -279,43 +304,120 @@ class TickQueue:
         return n
 
 
-class BufferedSocket:
-    """Serves paho's many small ``recv`` calls from one large read of the real socket.
+class PublishSplitter:
+    """A socket shim under paho: QoS 0 PUBLISH packets go straight to the inbox.
 
-    ``pending()`` reports buffered bytes, so aiomqtt's reader keeps calling ``loop_read``
-    until the buffer is empty; the event loop only sleeps on the socket once nothing is left
-    in user space, so no message can be stranded here.
+    paho spends ~35 us of Python per received message (3-5 ``recv`` calls, packet decoding,
+    an ``MQTTMessage`` and an ``MQTTMessageInfo``, a debug log call, topic matching); this shim
+    reads the socket in large chunks, frames MQTT 3.1.1 packets itself (a fixed header and
+    a length), and hands every complete QoS 0 PUBLISH to the inbox as ``(topic, payload,
+    receipt_ns)``.  Every other packet (CONNACK, SUBACK, PINGRESP, QoS 1/2 PUBLISH with
+    their acknowledgements) is passed through, byte for byte, to paho, which keeps owning
+    the protocol.  QoS 1/2 messages of one read therefore reach the inbox after its QoS 0
+    ones; actions carry their own effective time, so that reordering within one read is
+    harmless.
+
+    ``pending()`` reports the pass-through bytes, so aiomqtt's reader keeps calling
+    ``loop_read`` until none is left; partial packets wait here for the rest of their bytes,
+    which arrive through the socket, so the event loop is woken for them as usual.
     """
 
-    def __init__(self, sock: Any) -> None:
+    def __init__(self, sock: Any, inbox: RawInbox, split: bool = True) -> None:
         self._sock = sock
-        self._buffer = b""
-        self._pos = 0
+        self._inbox = inbox
+        self._split = split
+        self._inner_pending: Callable[[], int] | None = getattr(sock, "pending", None)
+        self._unframed = bytearray()
+        self._to_paho = bytearray()
 
     def recv(self, size: int) -> bytes:
-        if self._pos >= len(self._buffer):
-            data: bytes = self._sock.recv(max(size, _RECV_CHUNK))
-            if len(data) <= size:
-                self._buffer, self._pos = b"", 0
-                return data
-            self._buffer, self._pos = data, 0
-        start = self._pos
-        self._pos = min(start + size, len(self._buffer))
-        return self._buffer[start : self._pos]
+        while not self._to_paho:
+            # Back-pressure: with the consumer behind, leave the bytes in the kernel (and the
+            # broker) and let the event loop run.  Only when nothing is buffered in user space
+            # by TLS, so the socket becoming readable again is what resumes us.
+            if self._inbox.is_full() and not (self._inner_pending and self._inner_pending()):
+                raise BlockingIOError
+            data: bytes = self._sock.recv(_RECV_CHUNK)
+            if not data:
+                return data  # EOF: paho sees the connection lost
+            if self._split:
+                self._frame(data)
+            else:
+                self._to_paho += data
+        chunk = bytes(self._to_paho[:size])
+        del self._to_paho[:size]
+        return chunk
+
+    def _frame(self, data: bytes) -> None:
+        buf = self._unframed
+        buf += data
+        n = len(buf)
+        pos = 0
+        receipt_ns = self._inbox.clock()
+        messages: list[RawMessage] = []
+        oversize = 0
+        limit = self._inbox.max_payload_bytes
+        view = memoryview(buf)
+        try:
+            while pos < n:
+                header = buf[pos]
+                # Remaining length: 1-4 bytes, 7 bits each, least significant first.
+                i = pos + 1
+                length = 0
+                shift = 0
+                framed = False
+                while i < n and shift <= 21:
+                    byte = buf[i]
+                    i += 1
+                    length |= (byte & 0x7F) << shift
+                    if byte < 0x80:
+                        framed = True
+                        break
+                    shift += 7
+                if not framed:
+                    if shift > 21:  # a fifth length byte is not MQTT: let paho report it
+                        self._to_paho += view[pos:]
+                        pos = n
+                    break  # otherwise the length itself is still incomplete
+                end = i + length
+                if end > n:
+                    break
+                if header & 0xF6 == 0x30 and length >= 2:  # PUBLISH, QoS 0 (any DUP/RETAIN)
+                    topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
+                    if end - topic_end > limit:
+                        oversize += 1
+                    else:
+                        try:
+                            topic = str(view[i + 2 : topic_end], "utf-8")
+                        except UnicodeDecodeError:
+                            self._inbox.rejected[UNKNOWN_TOPIC] += 1
+                        else:
+                            messages.append((topic, bytes(view[topic_end:end]), receipt_ns))
+                else:
+                    self._to_paho += view[pos:end]
+                pos = end
+        finally:
+            view.release()
+        del buf[:pos]
+        if oversize:
+            self._inbox.rejected[OVERSIZE] += oversize
+        if messages:
+            self._inbox.extend(messages)
 
     def pending(self) -> int:
-        inner = getattr(self._sock, "pending", None)
-        return len(self._buffer) - self._pos + (inner() if inner is not None else 0)
+        inner = self._inner_pending
+        return len(self._to_paho) + (inner() if inner is not None else 0)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
 
 def install_fast_path(client: aiomqtt.Client, inbox: RawInbox) -> bool:
-    """Route a connected aiomqtt client's messages to ``inbox`` and buffer its socket reads.
+    """Route a connected aiomqtt client's messages to ``inbox`` (see :class:`PublishSplitter`).
 
-    Uses aiomqtt's documented-in-source paho client (``_client``); if a future version
-    changes that, the caller falls back to aiomqtt's public message iterator.
+    Reaches into aiomqtt's paho client (``_client``) and paho's socket (``_sock``); if a
+    future version changes those, returns False and the caller uses aiomqtt's public
+    message iterator instead.
     """
     paho = getattr(client, "_client", None)
     if paho is None or not hasattr(paho, "on_message"):
@@ -323,7 +425,9 @@ def install_fast_path(client: aiomqtt.Client, inbox: RawInbox) -> bool:
     paho.on_message = inbox.on_message
     sock = getattr(paho, "_sock", None)
     if isinstance(sock, socket.socket):  # includes ssl.SSLSocket
-        paho._sock = BufferedSocket(sock)
+        # The framing above is MQTT 3.1.1's; a v5 PUBLISH carries properties.
+        split = getattr(paho, "_protocol", None) == MQTT_V311
+        paho._sock = PublishSplitter(sock, inbox, split)
     return True
 
 
@@ -402,7 +506,8 @@ class MqttIngest:
             identifier=self._settings.client_id,
             # A persistent session keeps QoS 1 control messages queued while we reconnect.
             clean_session=False,
-            keepalive=10,
+            # Long enough for a PINGRESP queued behind a backlog the broker is still sending.
+            keepalive=30,
             timeout=5,
             tls_context=ssl.create_default_context() if address.tls else None,
             logger=logging.getLogger("streamer.mqtt"),

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -57,7 +58,7 @@ def find_executable(name: str) -> str:
     raise LocalServiceError(f"{name} not found; install it with: apt-get install {package}")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Runs in the child between fork and exec: if the test runner dies without cleaning up,
     # the kernel sends SIGTERM so no orphaned broker keeps a port.
     pr_set_pdeathsig = 1
@@ -114,9 +115,10 @@ class LocalService:
         """
         if self.is_running():
             return self
-        attempts = 1 if self._requested_port or self.port else _PORT_ATTEMPTS
+        # A port already used (given, or from an earlier start) is kept: clients reconnect to it.
+        fixed = bool(self._requested_port or self.port)
         last_error = ""
-        for _ in range(attempts):
+        for _ in range(1 if fixed else _PORT_ATTEMPTS):
             if not self.port:
                 self.port = free_port(self.host)
             try:
@@ -124,9 +126,8 @@ class LocalService:
                 return self
             except LocalServiceError as exc:
                 last_error = str(exc)
-                if self._requested_port:
-                    break
-                self.port = 0
+                if not fixed:
+                    self.port = 0
         raise LocalServiceError(last_error)
 
     def _spawn(self) -> None:
@@ -139,7 +140,7 @@ class LocalService:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             # PDEATHSIG follows the forking *thread*; only tie lifetimes from the main thread.
-            preexec_fn=_die_with_parent if on_main_thread else None,  # noqa: PLW1509
+            preexec_fn=die_with_parent if on_main_thread else None,  # noqa: PLW1509
         )
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -231,6 +232,7 @@ class LocalMosquitto(LocalService):
         *,
         username: str | None = None,
         password: str | None = None,
+        tls: bool = False,
         extra_config: tuple[str, ...] = (),
     ) -> None:
         super().__init__(port, workdir)
@@ -238,19 +240,43 @@ class LocalMosquitto(LocalService):
             raise ValueError("give both username and password, or neither")
         self.username = username
         self.password = password
+        self.tls = tls
         self.extra_config = extra_config
 
     @property
+    def scheme(self) -> str:
+        return "mqtts" if self.tls else "mqtt"
+
+    @property
     def url(self) -> str:
-        """``mqtt://host:port``, without credentials."""
-        return f"mqtt://{self.host}:{self.port}"
+        """``mqtt[s]://host:port``, without credentials."""
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def authenticated_url(self) -> str:
-        """``mqtt://user:password@host:port`` (the plain url when anonymous)."""
+        """``mqtt[s]://user:password@host:port`` (the plain url when anonymous)."""
         if self.username is None:
             return self.url
-        return f"mqtt://{self.username}:{self.password}@{self.host}:{self.port}"
+        return f"{self.scheme}://{self.username}:{self.password}@{self.host}:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """With ``tls``: the self-signed certificate clients must trust (e.g. SSL_CERT_FILE)."""
+        return self.workdir / "cert.pem"
+
+    def _make_certificate(self) -> None:
+        if self.ca_file.exists():
+            return
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise LocalServiceError("openssl not found; it is needed for a TLS broker")
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", str(self.workdir / "key.pem"), "-out", str(self.ca_file),
+             "-subj", f"/CN={self.host}", "-addext", f"subjectAltName=IP:{self.host}"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
 
     def _command(self) -> list[str]:
         config = self.workdir / "mosquitto.conf"
@@ -264,6 +290,9 @@ class LocalMosquitto(LocalService):
             # A subscriber that falls behind must be visible as lag, not silent loss.
             "max_queued_messages 0",
         ]
+        if self.tls:
+            self._make_certificate()
+            lines += [f"certfile {self.ca_file}", f"keyfile {self.workdir / 'key.pem'}"]
         if os.geteuid() == 0:
             # Started as root, mosquitto drops to the `mosquitto` user, which cannot read our
             # private temp dir; a loopback-only test broker may as well keep the caller's user.
@@ -295,6 +324,13 @@ class LocalMosquitto(LocalService):
         sock = self._tcp_connect()
         if sock is None:
             return False
+        if self.tls:
+            context = ssl.create_default_context(cafile=str(self.ca_file))
+            try:
+                sock = context.wrap_socket(sock, server_hostname=self.host)
+            except (OSError, ssl.SSLError):
+                sock.close()
+                return False
         with sock:
             # MQTT 3.1.1 CONNECT, clean session, keepalive 5 s, empty client id (and credentials
             # when configured); any CONNACK (0x20) proves the broker is serving.

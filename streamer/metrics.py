@@ -23,6 +23,8 @@ FEED_DELAY_BUCKETS = (
     0.0, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     10.0, 30.0, 60.0, 300.0,
 )  # fmt: skip
+# Below this many values, observe_many observes one by one.
+_SMALL = 16
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
 
 
@@ -84,6 +86,7 @@ class Metrics:
         self.redis_errors = Counter(
             "streamer_redis_errors", "Failed Redis publish cycles or probes.", registry=r
         )
+        self._tick_children: dict[tuple[str, str], Counter] = {}
         self.sum_drift_ratio = Gauge(
             "streamer_sum_drift_ratio",
             "Largest relative difference between incremental and recomputed index sums.",
@@ -91,9 +94,13 @@ class Metrics:
         )
 
     def count_outcomes(self, outcomes: Mapping[tuple[str, str], int]) -> None:
-        for (outcome, reason), n in outcomes.items():
+        children = self._tick_children
+        for key, n in outcomes.items():
             if n:
-                self.ticks.labels(outcome, reason).inc(n)
+                child = children.get(key)
+                if child is None:
+                    child = children[key] = self.ticks.labels(*key)
+                child.inc(n)
 
 
 def observe_many(histogram: Histogram, values: ArrayLike, weights: ArrayLike | None = None) -> None:
@@ -102,6 +109,11 @@ def observe_many(histogram: Histogram, values: ArrayLike, weights: ArrayLike | N
     Relies on prometheus-client's internal bucket layout (non-cumulative counters, one per
     upper bound); falls back to per-value ``observe`` if that layout ever changes.
     """
+    if weights is None and isinstance(values, list | tuple) and len(values) <= _SMALL:
+        # A handful of values: numpy's per-call overhead costs more than it saves.
+        for value in values:
+            histogram.observe(float(value))
+        return
     data = np.asarray(values, dtype=np.float64).ravel()
     if data.size == 0:
         return

@@ -39,6 +39,9 @@ MAX_PENDING_AUDIT = 10_000
 # Latency samples waiting for the next acknowledgement (one per tick receipt).
 MAX_PENDING_RECEIPTS = 200_000
 
+# With nothing to publish, Redis is pinged this often to notice a restart.
+IDLE_PROBE_S = 1.0
+
 _json = msgspec.json.Encoder()
 
 
@@ -245,6 +248,8 @@ class PublishLoop:
         while True:
             if not self.connected:
                 await self._reconnect()
+                await self.cycle(everything=True)  # the latest levels, no backlog
+                continue
             if self.interval_s > 0:
                 next_at += self.interval_s
                 delay = next_at - loop.time()
@@ -254,8 +259,23 @@ class PublishLoop:
                 await asyncio.sleep(delay)
                 await self.cycle(everything=True)
             else:
-                await self.outbox.event.wait()
+                try:
+                    async with asyncio.timeout(IDLE_PROBE_S):
+                        await self.outbox.event.wait()
+                except TimeoutError:
+                    await self._probe()
+                    continue
                 await self.cycle()
+
+    async def _probe(self) -> None:
+        # Without changes nothing is written, so a Redis restart (which loses every key) would
+        # go unnoticed until the next tick; an idle ping notices it and triggers a resync.
+        try:
+            await self.publisher.client.ping()
+        except (RedisError, OSError) as exc:
+            self._metrics.redis_errors.inc()
+            log.warning("redis probe failed", extra={"fields": {"error": str(exc)}})
+            self.connected = False
 
     async def _reconnect(self) -> None:
         while True:
@@ -293,6 +313,10 @@ class PublishLoop:
             return True
         try:
             ack_ns = await self.publisher.publish(levels, audit)
+        except asyncio.CancelledError:
+            # Stopped mid-cycle (shutdown): the final cycle must still write these records.
+            self.outbox.restore_audit(audit)
+            raise
         except PublishError as exc:
             self._metrics.redis_errors.inc()
             self.outbox.restore_audit(audit)
@@ -305,7 +329,9 @@ class PublishLoop:
         self._resync = False
         self.connected = True
         self.cycles += 1
-        if receipts:
+        if len(receipts) <= 16:
+            observe_many(self._metrics.tick_to_publish, [(ack_ns - r) / 1e9 for r in receipts])
+        else:
             latency_s = (ack_ns - np.asarray(receipts, dtype=np.int64)) / 1e9
             observe_many(self._metrics.tick_to_publish, latency_s)
         for level in levels:

@@ -188,7 +188,7 @@ class Service:
                     if not self.publish_loop.connected:
                         await self.redis.ping()
                     published = await self.publish_loop.cycle(everything=True)
-            except (TimeoutError, OSError, StreamerError, Exception) as exc:
+            except Exception as exc:  # the shutdown goes on whatever failed
                 published = False
                 log.warning("final publish failed", extra={"fields": {"error": str(exc)}})
             if published:
@@ -223,8 +223,8 @@ class Service:
                 "tick queue full, conflated to the latest price per symbol",
                 dropped=conflated,
             )
-        for reason, count in rejected.items():
-            self.metrics.ticks.labels("rejected", reason).inc(count)
+        if rejected:
+            self.metrics.count_outcomes({("rejected", r): n for r, n in rejected.items()})
         if not (ticks or inbound.fx or inbound.actions or inbound.references):
             self.metrics.queue_depth.set(len(self.queue) + len(self.inbox))
             return None
@@ -272,6 +272,10 @@ class Service:
 
     def _observe_feed_delay(self, ticks: list[Tick], receipts: list[int]) -> None:
         n = len(ticks)
+        if n <= 16:
+            delays = [(r - t.ts) / 1e9 for t, r in zip(ticks, receipts, strict=True) if t.ts]
+            observe_many(self.metrics.feed_delay, delays)
+            return
         stride = max(1, n // FEED_DELAY_SAMPLE)
         sample = ticks[::stride]
         stamped = np.fromiter((-1 if t.ts is None else t.ts for t in sample), np.int64, len(sample))

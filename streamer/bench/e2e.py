@@ -4,9 +4,11 @@ Setup: private mosquitto and redis-server on loopback, ``streamer run`` as a sub
 the demo universe (or ``--config``), a publisher in its own process, a Redis subscriber.
 
 1. Single-tick JSON messages: the highest rate the service sustains with zero loss.  Rates
-   step up geometrically until a step loses ticks (or the publisher cannot reach the rate),
-   then bisect between the last good and the first bad rate.  Loss is counted by the service
-   itself: ``streamer_ticks_total{outcome="accepted"}`` gained vs ticks sent, after draining.
+   step up geometrically until a step fails, then bisect between the last good and the first
+   bad rate.  A step passes when the service accepted every tick sent
+   (``streamer_ticks_total{outcome="accepted"}`` gained vs sent, after draining; nothing
+   rejected or conflated) *and* it kept up while they came: at most ``MAX_LAG_S`` behind when
+   the publisher stopped, since broker and service queues can hide an overload for seconds.
 2. The same for 1,000-tick MessagePack batches on ``ticks/batch``.
 3. Tick-to-publish latency at 5,000 ticks/s (single JSON, live ``ts``): receipt of each
    ``P:levels`` message by a Redis subscriber minus its ``source_ts`` (the producer's stamp of
@@ -55,7 +57,8 @@ from streamer.tools.feed import FeedUniverse
 from streamer.tools.levels_tap import LevelsTap
 from streamer.tools.mqtt_publisher import BrokerEndpoint
 from streamer.tools.processes import ChildProcess, child_environment, streamer_command
-from streamer.tools.scrape import Histogram, metrics_url, scrape
+from streamer.tools.scrape import Histogram, ScrapeError, metrics_url, scrape
+from streamer.tools.tick_encoding import PayloadFormat
 
 HELP = (
     "end-to-end benchmark: private mosquitto and Redis, the service as a subprocess, a "
@@ -69,12 +72,22 @@ TARGET_CEILING_RATIO = 0.7
 TARGET_BATCH_TICKS_PER_S = 1_000_000.0
 TARGET_P99_MS = 2.0
 BATCH_SIZE = 1_000
+# Mosquitto leaves Nagle's algorithm on by default: small messages to a subscriber then wait
+# for the previous segment's ACK (and Linux delays ACKs up to 40 ms).  A latency-sensitive
+# deployment turns it off; so does the benchmark.
+MOSQUITTO_TUNING = ("set_tcp_nodelay true",)
 ACHIEVED_TOLERANCE = 0.97  # a step counts only if the publisher reached 97% of its rate
 DRAIN_QUIET_S = 1.0  # the count stopped moving this long: the pipeline is drained
+# A consumer more than this far behind when the publisher stops is buffering, not keeping up
+# (queues in the broker and the service can hide an overload for seconds).
+MAX_LAG_S = 0.25
 
 
 class BenchError(StreamerError):
     """The benchmark could not run (a process failed to start or died)."""
+
+
+PHASES = ("single", "batch", "latency", "ceiling")
 
 
 @dataclass(frozen=True)
@@ -82,37 +95,43 @@ class Plan:
     step_s: float
     single_start: float
     batch_start: float
-    factor_single: float
-    factor_batch: float
+    factor: float  # rate multiplier between steps until one fails
     max_steps: int
-    refinements: int
+    refinements: int  # geometric bisections between the last good and the first bad rate
     latency_rate: float
     latency_s: float
+    phases: tuple[str, ...] = PHASES
+    quiet_s: float = DRAIN_QUIET_S  # a count unchanged this long is drained
 
     @classmethod
     def for_args(cls, args: argparse.Namespace) -> Plan:
+        phases = tuple(p.strip() for p in args.only.split(",")) if args.only else PHASES
+        unknown = set(phases) - set(PHASES)
+        if unknown:
+            raise BenchError(f"--only: unknown phase {sorted(unknown)}; known: {PHASES}")
         if args.quick:
             return cls(
-                step_s=1.0,
+                step_s=0.5,
                 single_start=2_000,
                 batch_start=100_000,
-                factor_single=1.0,
-                factor_batch=1.0,
+                factor=1.0,
                 max_steps=1,
                 refinements=0,
                 latency_rate=1_000,
-                latency_s=1.0,
+                latency_s=0.5,
+                phases=phases,
+                quiet_s=0.3,
             )
         return cls(
             step_s=args.step_seconds,
             single_start=10_000,
             batch_start=250_000,
-            factor_single=1.25,
-            factor_batch=1.5,
-            max_steps=14,
-            refinements=2,
+            factor=1.5,
+            max_steps=12,
+            refinements=3,
             latency_rate=args.latency_rate,
             latency_s=args.latency_seconds,
+            phases=phases,
         )
 
 
@@ -123,7 +142,8 @@ class RateStep:
     sent: int
     processed: int  # ticks the consumer accounted for
     lost: int
-    rejected: int = 0
+    rejected: int = 0  # rejected, held or conflated by the service
+    lag_s: float | None = None  # how far behind the consumer was when the publisher stopped
     passed: bool = False
 
 
@@ -240,6 +260,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rate of the latency measurement (default 5000)",
     )
     parser.add_argument(
+        "--only",
+        metavar="PHASES",
+        help="comma-separated subset of the phases: single,batch,latency,ceiling",
+    )
+    parser.add_argument(
         "--latency-seconds",
         type=float,
         default=10.0,
@@ -272,7 +297,10 @@ class PublisherHandle:
     def _receive(self, timeout_s: float) -> Any:
         if not self._conn.poll(timeout_s):
             raise BenchError("the publisher process did not answer")
-        answer = self._conn.recv()
+        try:
+            answer = self._conn.recv()
+        except EOFError:
+            raise BenchError(f"the publisher process exited ({self._process.exitcode})") from None
         if isinstance(answer, Exception):
             raise BenchError(f"the publisher failed: {answer}")
         return answer
@@ -323,19 +351,120 @@ def ceiling_consumer(endpoint: BrokerEndpoint) -> Iterator[Callable[[], int]]:
 # -- measurement --------------------------------------------------------------------------
 
 
-def drain(count: Callable[[], int], expected: int, timeout_s: float) -> int:
-    """Poll ``count`` until it reaches ``expected`` or stops moving; returns the last value."""
+class Tally:
+    """Ticks a consumer has accounted for: ``(processed, refused)``, or None when it is too busy
+    to say (a saturated service answers /metrics late)."""
+
+    def read(self) -> tuple[int, int] | None:
+        raise NotImplementedError
+
+
+class ServiceTally(Tally):
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def read(self) -> tuple[int, int] | None:
+        try:
+            metrics = scrape(self.url, timeout=5.0)
+        except ScrapeError:
+            return None
+        accepted = metrics.value("streamer_ticks_total", outcome="accepted", reason="ok")
+        others = metrics.value("streamer_ticks_total") - metrics.value(
+            "streamer_ticks_total", outcome="accepted"
+        )
+        return int(accepted), int(others)
+
+
+class CeilingTally(Tally):
+    def __init__(self, received: Callable[[], int]) -> None:
+        self.received = received
+
+    def read(self) -> tuple[int, int] | None:
+        return self.received(), 0
+
+
+def _total(reading: tuple[int, int] | None) -> int | None:
+    return None if reading is None else reading[0] + reading[1]
+
+
+def drain(
+    tally: Tally,
+    base: tuple[int, int],
+    expected: int,
+    timeout_s: float,
+    quiet_s: float = DRAIN_QUIET_S,
+) -> tuple[int, int]:
+    """Poll until the consumer accounted for ``expected`` ticks since ``base``, or stopped
+    moving for ``DRAIN_QUIET_S``; returns ``(processed, refused)`` since ``base``."""
     deadline = time.monotonic() + timeout_s
-    last = count()
+    last = (0, 0)
     last_change = time.monotonic()
-    while last < expected and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        reading = tally.read()
+        if reading is None:  # busy, hence not drained
+            last_change = time.monotonic()
+        else:
+            since = (reading[0] - base[0], reading[1] - base[1])
+            if since != last:
+                last, last_change = since, time.monotonic()
+            if sum(since) >= expected or time.monotonic() - last_change >= quiet_s:
+                return since
         time.sleep(0.05)
-        now_value = count()
-        if now_value != last:
-            last, last_change = now_value, time.monotonic()
-        elif time.monotonic() - last_change >= DRAIN_QUIET_S:
-            break
     return last
+
+
+def settle(
+    read: Callable[[], int | None], timeout_s: float = 120.0, quiet_s: float = DRAIN_QUIET_S
+) -> int:
+    """Wait until ``read`` answers and has not moved for ``DRAIN_QUIET_S``: what a failed step
+    left in the broker and the service is gone before the next measurement starts."""
+    deadline = time.monotonic() + timeout_s
+    last: int | None = None
+    last_change = time.monotonic()
+    while time.monotonic() < deadline:
+        value = read()
+        if value is None or value != last:
+            last, last_change = value, time.monotonic()
+        elif time.monotonic() - last_change >= quiet_s:
+            return value
+        time.sleep(0.1)
+    raise BenchError(f"the consumer did not settle within {timeout_s:.0f} s")
+
+
+class StepRunner:
+    """Runs rate steps against one consumer, each from a quiet start."""
+
+    def __init__(
+        self, publisher: PublisherHandle, tally: Tally, plan: Plan, say: Callable[[str], None]
+    ) -> None:
+        self.publisher = publisher
+        self.tally = tally
+        self.plan = plan
+        self.say = say
+        self._dirty = True  # the consumer may still be busy with earlier ticks
+
+    def measure(self, label: str, rate: float, batch: int, fmt: PayloadFormat) -> RateStep:
+        self.say(f"{label}: {rate:,.0f} ticks/s")
+        if self._dirty:
+            settle(lambda: _total(self.tally.read()), quiet_s=self.plan.quiet_s)
+        base = self._read()
+        sent = self.publisher.call(Throughput(rate, self.plan.step_s, batch, fmt))
+        at_end = self.tally.read()
+        processed, refused = drain(
+            self.tally, base, sent.ticks, 10.0 + 3 * self.plan.step_s, self.plan.quiet_s
+        )
+        behind = sent.ticks - (at_end[0] - base[0]) if at_end else sent.ticks
+        step = _step(rate, sent, processed, refused, lag_s=max(behind, 0) / rate)
+        self._dirty = not step.passed
+        return step
+
+    def _read(self) -> tuple[int, int]:
+        deadline = time.monotonic() + 30.0
+        while (reading := self.tally.read()) is None:
+            if time.monotonic() > deadline:
+                raise BenchError("the consumer does not answer")
+            time.sleep(0.1)
+        return reading
 
 
 def search_rate(
@@ -416,7 +545,9 @@ class E2eBench:
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="streamer-bench-"))
             )
             self.say("starting mosquitto and redis-server")
-            broker = stack.enter_context(LocalMosquitto(workdir=workdir / "mosquitto"))
+            broker = stack.enter_context(
+                LocalMosquitto(workdir=workdir / "mosquitto", extra_config=MOSQUITTO_TUNING)
+            )
             redis_server = stack.enter_context(LocalRedis(workdir=workdir / "redis"))
             listen = f"127.0.0.1:{free_port()}"
             url = metrics_url(listen)
@@ -444,77 +575,42 @@ class E2eBench:
             publisher = PublisherHandle(endpoint, self.universe)
             stack.callback(publisher.close)
 
-            def accepted() -> int:
-                return int(
-                    scrape(url).value("streamer_ticks_total", outcome="accepted", reason="ok")
-                )
-
-            def rejected() -> int:
-                samples = scrape(url)
-                return int(
-                    samples.value("streamer_ticks_total", outcome="rejected")
-                    + samples.value("streamer_ticks_total", outcome="held")
-                )
-
-            self._open_market(publisher, accepted, service)
-
-            def measure_service(batch: int, fmt: str, label: str) -> Callable[[float], RateStep]:
-                def measure(rate: float) -> RateStep:
-                    self.say(f"{label}: {rate:,.0f} ticks/s")
-                    before, rejected_before = accepted(), rejected()
-                    sent = publisher.call(Throughput(rate, self.plan.step_s, batch, fmt))  # type: ignore[arg-type]
-                    processed = drain(
-                        lambda: accepted() - before,
-                        sent.ticks,
-                        timeout_s=10.0 + 3 * self.plan.step_s,
-                    )
-                    return _step(rate, sent, processed, rejected() - rejected_before)
-
-                return measure
-
             plan = self.plan
-            single = search_rate(
-                "single JSON",
-                measure_service(1, "json", "single-tick JSON"),
-                start=plan.single_start,
-                factor=plan.factor_single,
-                max_steps=plan.max_steps,
-                refinements=plan.refinements,
-            )
-            batched = search_rate(
-                "batched msgpack",
-                measure_service(BATCH_SIZE, "msgpack", "1,000-tick msgpack"),
-                start=plan.batch_start,
-                factor=plan.factor_batch,
-                max_steps=plan.max_steps,
-                refinements=plan.refinements,
-            )
-            latency = self._latency(publisher, redis_server.url, url)
+            tally = ServiceTally(url)
+            self._open_market(publisher, tally, service)
+            runner = StepRunner(publisher, tally, plan, self.say)
+            single = RateSearch("single JSON")
+            if "single" in plan.phases:
+                single = self._search(
+                    "single JSON",
+                    lambda r: runner.measure("single-tick JSON", r, 1, "json"),
+                    plan.single_start,
+                )
+            batched = RateSearch("batched msgpack")
+            if "batch" in plan.phases:
+                batched = self._search(
+                    "batched msgpack",
+                    lambda r: runner.measure("1,000-tick msgpack", r, BATCH_SIZE, "msgpack"),
+                    plan.batch_start,
+                )
+            latency = LatencyFigures(rate=plan.latency_rate, duration_s=plan.latency_s)
+            if "latency" in plan.phases:
+                latency = self._latency(publisher, redis_server.url, url)
             rss = service.peak_rss_bytes()
             self.say("stopping the service")
             code = service.stop()
             if code not in (0, None):
                 raise BenchError(f"the service exited with {code}: {service.log_tail()}")
 
-            with ceiling_consumer(endpoint) as received:
-
-                def measure_ceiling(rate: float) -> RateStep:
-                    self.say(f"ceiling (paho consumer): {rate:,.0f} ticks/s")
-                    before = received()
-                    sent = publisher.call(Throughput(rate, plan.step_s, 1, "json"))
-                    got = drain(
-                        lambda: received() - before, sent.ticks, timeout_s=10.0 + 3 * plan.step_s
+            ceiling = RateSearch("ceiling")
+            if "ceiling" in plan.phases:
+                with ceiling_consumer(endpoint) as received:
+                    ceiling_runner = StepRunner(publisher, CeilingTally(received), plan, self.say)
+                    ceiling = self._search(
+                        "ceiling",
+                        lambda r: ceiling_runner.measure("ceiling (paho consumer)", r, 1, "json"),
+                        plan.single_start,
                     )
-                    return _step(rate, sent, got, 0)
-
-                ceiling = search_rate(
-                    "ceiling",
-                    measure_ceiling,
-                    start=plan.single_start,
-                    factor=plan.factor_single,
-                    max_steps=plan.max_steps,
-                    refinements=plan.refinements,
-                )
             return E2eReport(
                 quick=quick,
                 machine=_machine(),
@@ -526,9 +622,18 @@ class E2eBench:
                 ceiling=ceiling,
             )
 
-    def _open_market(
-        self, publisher: PublisherHandle, accepted: Callable[[], int], service: ChildProcess
-    ) -> None:
+    def _search(self, label: str, measure: Callable[[float], RateStep], start: float) -> RateSearch:
+        plan = self.plan
+        return search_rate(
+            label,
+            measure,
+            start=start,
+            factor=plan.factor,
+            max_steps=plan.max_steps,
+            refinements=plan.refinements,
+        )
+
+    def _open_market(self, publisher: PublisherHandle, tally: Tally, service: ChildProcess) -> None:
         """Send the opening prints until the service has taken them (it may still be
         subscribing when the first ones go out)."""
         self.say("opening the market")
@@ -538,7 +643,7 @@ class E2eBench:
             if not service.alive():
                 raise BenchError(f"the service died: {service.log_tail()}")
             publisher.call(Opening())
-            if drain(accepted, symbols, timeout_s=2.0) >= symbols:
+            if drain(tally, (0, 0), symbols, timeout_s=2.0)[0] >= symbols:
                 return
         raise BenchError(f"the service took no ticks within 30 s: {service.log_tail()}")
 
@@ -546,6 +651,16 @@ class E2eBench:
         plan = self.plan
         self.say(f"latency at {plan.latency_rate:,.0f} ticks/s")
         figures = LatencyFigures(rate=plan.latency_rate, duration_s=plan.latency_s)
+
+        def published_receipts() -> int | None:
+            try:
+                sample = scrape(metrics, timeout=5.0)
+            except ScrapeError:
+                return None
+            return int(sample.value("streamer_tick_to_publish_seconds_count"))
+
+        # Earlier phases' ticks all published: a clean window.
+        settle(published_receipts, quiet_s=plan.quiet_s)
         tap = LevelsTap(redis_url, f"{self.settings.redis.prefix}:levels").start()
         try:
             histogram_before = scrape(metrics).histogram("streamer_tick_to_publish_seconds")
@@ -570,17 +685,21 @@ class E2eBench:
         }
 
 
-def _step(rate: float, sent: Sent, processed: int, rejected: int) -> RateStep:
+def _step(rate: float, sent: Sent, processed: int, rejected: int, lag_s: float) -> RateStep:
     achieved = sent.ticks / sent.elapsed_s if sent.elapsed_s > 0 else 0.0
-    lost = max(sent.ticks - processed, 0)
     return RateStep(
         target=rate,
         achieved=achieved,
         sent=sent.ticks,
         processed=processed,
-        lost=lost,
+        lost=max(sent.ticks - processed, 0),
         rejected=rejected,
-        passed=lost == 0 and rejected == 0 and achieved >= ACHIEVED_TOLERANCE * rate,
+        lag_s=round(lag_s, 4),
+        # Sustained, not buffered: everything arrived, and the consumer kept up while it came.
+        passed=processed == sent.ticks
+        and rejected == 0
+        and achieved >= ACHIEVED_TOLERANCE * rate
+        and lag_s <= MAX_LAG_S,
     )
 
 
@@ -675,7 +794,8 @@ def report_table(report: E2eReport) -> Table:
 
 def steps_table(report: E2eReport) -> Table:
     table = Table(title="rate steps", title_justify="left")
-    for name in ("run", "target/s", "achieved/s", "sent", "processed", "lost", "ok"):
+    columns = ("run", "target/s", "achieved/s", "sent", "processed", "lost", "refused", "lag s")
+    for name in (*columns, "ok"):
         table.add_column(name, justify="left" if name == "run" else "right")
     for search in (report.single_json, report.batch_msgpack, report.ceiling):
         for s in search.steps:
@@ -686,6 +806,8 @@ def steps_table(report: E2eReport) -> Table:
                 f"{s.sent:,}",
                 f"{s.processed:,}",
                 f"{s.lost:,}",
+                f"{s.rejected:,}",
+                "-" if s.lag_s is None else f"{s.lag_s:.3f}",
                 "✓" if s.passed else "✗",
             )
     return table

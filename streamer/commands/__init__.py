@@ -1,1 +1,1 @@
-"""One module per subcommand: each defines ``HELP``, ``add_arguments(parser)`` and ``main(args)``."""
+"""One module per subcommand: each defines HELP, add_arguments(parser) and main(args)."""
