@@ -283,6 +283,8 @@ class LocalMosquitto(LocalService):
         lines = [
             f"listener {self.port} {self.host}",
             "persistence false",
+            # Ticks are small messages: Nagle's algorithm would hold them back for latency.
+            "set_tcp_nodelay true",
             "log_dest stderr",
             "log_type error",
             "log_type warning",

@@ -61,6 +61,12 @@ class Metrics:
             ["index"],
             registry=r,
         )
+        self.constituents = Gauge(
+            "streamer_constituents",
+            "Constituents of the index (the denominator of the stale ratio).",
+            ["index"],
+            registry=r,
+        )
         self.reference_deviation_bps = Gauge(
             "streamer_reference_deviation_bps",
             "Computed level minus the official reference level, in basis points of the latter.",

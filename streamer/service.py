@@ -187,6 +187,8 @@ class Service:
                 async with asyncio.timeout(max(remaining, 0.1)):
                     if not self.publish_loop.connected:
                         await self.redis.ping()
+                    # Final figures from exact sums: they do not depend on batching.
+                    self.engine.recompute()
                     published = await self.publish_loop.cycle(everything=True)
             except Exception as exc:  # the shutdown goes on whatever failed
                 published = False
@@ -302,6 +304,7 @@ class Service:
         # Staleness grows without ticks, so it is refreshed on a timer, not only on publish.
         for level in self.engine.levels():
             self.metrics.stale_constituents.labels(level.series).set(level.stale)
+            self.metrics.constituents.labels(level.series).set(level.constituents)
         for series in self.engine.series_ids:
             bps = self.engine.deviation_bps(series)
             if bps is not None:
@@ -313,6 +316,8 @@ class Service:
             await asyncio.sleep(interval)
             drift = self.engine.recompute()
             self.metrics.sum_drift_ratio.set(self.engine.max_drift)
+            # Publish the exact levels of the series the recompute corrected.
+            self._handle_result(self.engine.advance(self.clock()), [])
             if drift > 1e-9:
                 log.warning("index sums drifted", extra={"fields": {"drift_ratio": drift}})
 

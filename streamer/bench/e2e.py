@@ -75,7 +75,6 @@ BATCH_SIZE = 1_000
 # Mosquitto leaves Nagle's algorithm on by default: small messages to a subscriber then wait
 # for the previous segment's ACK (and Linux delays ACKs up to 40 ms).  A latency-sensitive
 # deployment turns it off; so does the benchmark.
-MOSQUITTO_TUNING = ("set_tcp_nodelay true",)
 ACHIEVED_TOLERANCE = 0.97  # a step counts only if the publisher reached 97% of its rate
 DRAIN_QUIET_S = 1.0  # the count stopped moving this long: the pipeline is drained
 # A consumer more than this far behind when the publisher stops is buffering, not keeping up
@@ -545,9 +544,7 @@ class E2eBench:
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="streamer-bench-"))
             )
             self.say("starting mosquitto and redis-server")
-            broker = stack.enter_context(
-                LocalMosquitto(workdir=workdir / "mosquitto", extra_config=MOSQUITTO_TUNING)
-            )
+            broker = stack.enter_context(LocalMosquitto(workdir=workdir / "mosquitto"))
             redis_server = stack.enter_context(LocalRedis(workdir=workdir / "redis"))
             listen = f"127.0.0.1:{free_port()}"
             url = metrics_url(listen)

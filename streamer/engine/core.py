@@ -47,6 +47,7 @@ DIVISOR_EPSILON = 1e-13
 EQUAL_WEIGHT_NOTIONAL = 1e6
 
 Clock = Callable[[], int]
+NO_TS_VALUE = int(np.iinfo(np.int64).min)
 EntryRow = tuple[int, int, float, float, float, float, float]
 
 
@@ -101,6 +102,9 @@ class Engine:
         ]
         self.series_ids = tuple(s for s, _, _ in self.series)
         self._series_names = np.array(self.series_ids, dtype=object)
+        self._series_of_index: list[list[str]] = [[] for _ in range(n)]
+        for s, j, _ in self.series:
+            self._series_of_index[j].append(s)
         self._series_index = np.array([j for _, j, _ in self.series], dtype=np.int64)
         # Per-symbol rows as Python lists, for the per-tick path (cleared on any rebuild).
         self._row_cache: dict[int, tuple[list[int], list[float]]] = {}
@@ -215,9 +219,7 @@ class Engine:
         result = BatchResult()
         for action in actions:
             self._submit(action, now, result)
-        if fx:
-            self._apply_fx(fx, now, result)
-        if ticks:
+        if ticks or fx:
             symbols = [t.symbol for t in ticks]
             sids = self.book.lookup(symbols)
             prices = np.fromiter((t.price for t in ticks), dtype=np.float64, count=len(ticks))
@@ -229,7 +231,7 @@ class Engine:
                 dtype=np.int64,
                 count=len(ticks),
             )
-            self._apply_ticks(sids, prices, ts, seqs, now, result, symbols)
+            self._apply_ticks(sids, prices, ts, seqs, now, result, symbols, list(fx))
         self._apply_due(now, result)
         self._finish(result)
         for ref in references:
@@ -269,31 +271,94 @@ class Engine:
         now: int,
         result: BatchResult,
         symbols: list[str] | None = None,
+        fx: list[FxRate] | None = None,
     ) -> None:
-        if len(sids) <= self.small_batch and not self._pending:
-            self._screen_and_move_each(sids, prices, ts, seqs, now, result)
+        """Apply ticks and FX rates, split where the batch's order matters.
+
+        Batching must not change results, so the batch is cut at two kinds of moments, in
+        timestamp order: a pending action's effective time (ticks and rates stamped before it
+        go first) and, while some index has no divisor yet, each event that may complete it
+        (the first price of one of its symbols, an FX rate): its divisor is fixed from exactly
+        the prices of that moment.  In steady state neither exists and the batch is one call.
+        """
+        if not (self._pending or self._maybe_unestablished):
+            if fx:
+                self._apply_fx(fx, now, result)
+            if len(sids):
+                self._screen_and_move(sids, prices, ts, seqs, now, result)
             return
-        # Actions take effect between the ticks stamped before and at/after their time.
-        while self._pending and len(ts) and self._pending[0][0] <= int(ts.max()):
-            effective = self._pending[0][0]
-            before = ts < effective
-            if before.any():
-                self._screen_and_move(
-                    sids[before], prices[before], ts[before], seqs[before], now, result
+        fx = fx or []
+        fx_ts = np.array([now if r.ts is None else r.ts for r in fx], dtype=np.int64)
+        while self._pending or self._maybe_unestablished:
+            boundary, inclusive = self._next_boundary(sids, ts, fx_ts)
+            if boundary is None:
+                break
+            cut = ts <= boundary if inclusive else ts < boundary
+            fx_cut = fx_ts <= boundary if inclusive else fx_ts < boundary
+            if fx_cut.any():
+                self._apply_fx(
+                    [r for r, early in zip(fx, fx_cut.tolist(), strict=True) if early], now, result
                 )
-                after = ~before
-                sids, prices, ts, seqs = sids[after], prices[after], ts[after], seqs[after]
+                fx = [r for r, early in zip(fx, fx_cut.tolist(), strict=True) if not early]
+                fx_ts = fx_ts[~fx_cut]
+            if cut.any():
+                self._screen_and_move(sids[cut], prices[cut], ts[cut], seqs[cut], now, result)
+                keep = ~cut
+                sids, prices, ts, seqs = sids[keep], prices[keep], ts[keep], seqs[keep]
                 if symbols is not None:
-                    symbols = [
-                        sym for sym, keep in zip(symbols, after.tolist(), strict=True) if keep
-                    ]
-            self._apply_due(effective, result)
+                    symbols = [sym for sym, k in zip(symbols, keep.tolist(), strict=True) if k]
+            if inclusive:
+                self._establish_ready()
+                continue
+            self._apply_due(boundary, result)
             unknown = np.flatnonzero(sids < 0)
             if symbols is not None and len(unknown):
                 # An `add` just applied may have made a later tick's symbol known.
                 sids[unknown] = self.book.lookup([symbols[k] for k in unknown.tolist()])
+        if fx:
+            self._apply_fx(fx, now, result)
         if len(sids):
             self._screen_and_move(sids, prices, ts, seqs, now, result)
+
+    def _next_boundary(self, sids: I64, ts: I64, fx_ts: I64) -> tuple[int | None, bool]:
+        """The next moment the batch must be cut at: (time, inclusive?) or (None, False).
+
+        Inclusive: a completion event, processed with everything up to and including it.
+        Exclusive: an action's effective time, processed after everything before it.
+        """
+        if len(ts) == 0 and len(fx_ts) == 0:
+            return None, False
+        latest = max(
+            int(ts.max()) if len(ts) else NO_TS_VALUE,
+            int(fx_ts.max()) if len(fx_ts) else NO_TS_VALUE,
+        )
+        action = self._pending[0][0] if self._pending else None
+        if action is not None and action > latest:
+            action = None
+        event = self._next_completion_event(sids, ts, fx_ts) if self._unestablished else None
+        if event is None and action is None:
+            return None, False
+        if event is not None and (action is None or event < action):
+            # The last event of the batch needs no cut: the batch's end establishes anyway.
+            rest = (ts > event).any() or (fx_ts > event).any()
+            return (event, True) if rest else (None, False)
+        return action, False
+
+    def _next_completion_event(self, sids: I64, ts: I64, fx_ts: I64) -> int | None:
+        """Earliest ts of a tick giving a first price to a symbol of an index without a
+        divisor, or of an FX rate (which may complete a foreign-currency member)."""
+        candidates = []
+        if len(fx_ts):
+            candidates.append(int(fx_ts.min()))
+        if len(ts):
+            m = self.members
+            waiting = np.zeros(len(self.book) + 1, dtype=np.bool_)
+            waiting[m.sid[np.isnan(self.divisor)[m.index]]] = True
+            waiting &= np.isnan(np.append(self.book.price[: len(self.book)], 0.0))
+            firsts = waiting[sids]  # sid -1 maps to the padding slot, never waiting
+            if firsts.any():
+                candidates.append(int(ts[firsts].min()))
+        return min(candidates) if candidates else None
 
     def _screen_and_move(
         self, sids: I64, prices: F64, ts: I64, seqs: I64, now: int, result: BatchResult
@@ -353,7 +418,7 @@ class Engine:
                 initial.setdefault(sid, before)
         first: list[int] = []
         delta: dict[int, float] = {}
-        newest = self.newest_ts
+        stamp: dict[int, int] = {}
         for sid, before in initial.items():
             change = float(book.price[sid]) - before
             if math.isnan(before):
@@ -365,13 +430,15 @@ class Engine:
             # Python scalars beat numpy calls on rows of a handful of entries.
             for j, weight in zip(*self._row(sid), strict=True):
                 delta[j] = delta.get(j, 0.0) + change * weight
-                if newest[j] < t:
-                    newest[j] = t
-        sums, dirty_few = self.sums, self._dirty_few
+                if stamp.get(j, t) <= t:
+                    stamp[j] = t
+        sums, newest, dirty_few = self.sums, self.newest_ts, self._dirty_few
         for j, change_of_sum in delta.items():
             if change_of_sum != 0.0:
                 sums[j] += change_of_sum
                 dirty_few.add(j)
+            if newest[j] < stamp[j]:
+                newest[j] = stamp[j]
         if first:
             self._first_prices(np.array(first, dtype=np.int64))
 
@@ -440,22 +507,32 @@ class Engine:
     # ------------------------------------------------------------------ establishing levels
 
     def _finish(self, result: BatchResult) -> None:
-        if self._unestablished:
-            self._establish(
-                np.flatnonzero(
-                    np.isnan(self.divisor) & (self.missing == 0) & (self.members.count > 0)
-                )
-            )
+        self._establish_ready()
+        if self._dirty_few and not self._any_dirty:
+            # Only the per-tick path marked: a few indices, cheaper in plain Python.
+            divisor, series_of = self.divisor, self._series_of_index
+            for j in sorted(self._dirty_few):
+                if divisor[j] == divisor[j]:  # established (not NaN)
+                    result.changed.extend(series_of[j])
+            self._dirty_few = set()
+            return
         if self._dirty_few:
             self.dirty[list(self._dirty_few)] = True
             self._dirty_few = set()
-            self._any_dirty = True
         if not self._any_dirty:
             return
         changed = self.dirty & ~np.isnan(self.divisor)
         result.changed.extend(self._series_names[changed[self._series_index]].tolist())
         self.dirty[:] = False
         self._any_dirty = False
+
+    def _establish_ready(self) -> None:
+        if self._unestablished:
+            self._establish(
+                np.flatnonzero(
+                    np.isnan(self.divisor) & (self.missing == 0) & (self.members.count > 0)
+                )
+            )
 
     @property
     def _unestablished(self) -> int:
@@ -505,6 +582,9 @@ class Engine:
 
     def _apply_due(self, now: int, result: BatchResult) -> None:
         while self._pending and self._pending[0][0] <= now:
+            # An index completed by this batch's earlier ticks has its divisor before the
+            # action adjusts it.
+            self._establish_ready()
             effective, _, action = heapq.heappop(self._pending)
             outcome = apply_action(self, action, effective)
             if isinstance(outcome, str):
@@ -637,6 +717,7 @@ class Engine:
                     change_pct=(level / prev_close - 1.0) * 100.0,
                     stale=int(stale[j]),
                     coverage=(count - int(stale[j])) / count if count else 0.0,
+                    constituents=count,
                 )
             )
         return out
@@ -661,6 +742,8 @@ class Engine:
         exact, missing = kernels.full_sums(self.members, self.book.price, self.n_indices)
         scale = np.maximum(np.abs(exact), np.finfo(np.float64).tiny)
         drift = float(np.max(np.abs(self.sums - exact) / scale)) if self.n_indices else 0.0
+        # Publishers republish what moved, so the exact sums reach Redis too.
+        self._mark_dirty(self.sums != exact)
         self.sums, self.missing = exact, missing
         self.max_drift = max(self.max_drift, drift)
         return drift

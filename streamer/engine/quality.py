@@ -20,7 +20,6 @@ They must agree exactly; the property tests check that they do.
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import numpy as np
 
@@ -35,10 +34,9 @@ from streamer.engine.results import (
     PRE_ACTION,
     REJECTED,
     UNCONFIRMED,
+    Outcomes,
 )
 from streamer.engine.universe import F64, I64, NO_SEQ, SymbolBook
-
-Outcomes = Counter[tuple[str, str]]
 
 
 def screen_runs(
