@@ -111,6 +111,7 @@ def _reprice(engine: Engine, sid: int, adjust: Callable[[float], float], effecti
     if not math.isnan(book.held[sid]):
         book.held[sid] = adjust(float(book.held[sid]))
     book.floor_ts[sid] = max(int(book.floor_ts[sid]), effective)
+    book.floors_set = True
 
 
 def _member_value(engine: Engine, rows: np.ndarray) -> np.ndarray:

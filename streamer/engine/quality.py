@@ -59,51 +59,63 @@ def screen_runs(
     n = len(sids)
     key = sids.astype(np.uint16) if len(book) <= 1 << 16 else sids
     order = np.argsort(key, kind="stable")
-    s, p, t, q = sids[order], prices[order], ts[order], seqs[order]
+    s, p, t = sids[order], prices[order], ts[order]
     head = np.empty(n, dtype=np.bool_)
     head[0] = True
     np.not_equal(s[1:], s[:-1], out=head[1:])
-    tail = np.empty(n, dtype=np.bool_)
-    tail[-1] = True
-    tail[:-1] = head[1:]
-    prev_price = np.empty(n)
-    prev_price[1:] = p[:-1]
-    prev_ts = np.empty(n, dtype=np.int64)
-    prev_ts[1:] = t[:-1]
-    prev_seq = np.empty(n, dtype=np.int64)
-    prev_seq[1:] = q[:-1]
     heads = np.flatnonzero(head)
     head_sids = s[heads]
+    prev_price = np.empty(n)
+    prev_price[1:] = p[:-1]
     prev_price[heads] = book.price[head_sids]
+    prev_ts = np.empty(n, dtype=np.int64)
+    prev_ts[1:] = t[:-1]
     prev_ts[heads] = book.last_ts[head_sids]
-    prev_seq[heads] = book.last_seq[head_sids]
-    has_seq = q != NO_SEQ
     with np.errstate(invalid="ignore", divide="ignore"):
         clean = (
             (p > 0.0)
             & (p < np.inf)
-            & (t >= book.floor_ts[s])
             & (t >= prev_ts)
             & np.isnan(book.held[s])
             & (np.isnan(prev_price) | (np.abs(p / prev_price - 1.0) <= band))
         )
-    seq_ok = ~has_seq | (prev_seq == NO_SEQ) | (q > prev_seq)
-    # Within a run, a tick without seq after one with seq would compare against an older
-    # seq than prev_seq says: leave mixed runs to the rounds.
-    mixed = ~head & (has_seq != np.concatenate(([False], has_seq[:-1])))
-    clean &= seq_ok & ~mixed
-    run_clean = np.logical_and.reduceat(clean, heads)
-    clean_tick = np.repeat(run_clean, np.diff(np.append(heads, n)))
-    last = tail & clean_tick
+    if book.floors_set:
+        clean &= t >= book.floor_ts[s]
+    q = seqs[order]
+    has_seq = q != NO_SEQ
+    any_seq = bool(has_seq.any())
+    if any_seq:
+        prev_seq = np.empty(n, dtype=np.int64)
+        prev_seq[1:] = q[:-1]
+        prev_seq[heads] = book.last_seq[head_sids]
+        clean &= ~has_seq | (prev_seq == NO_SEQ) | (q > prev_seq)
+        # Within a run, a tick without seq after one with seq would compare against an older
+        # seq than prev_seq says: leave mixed runs to the rounds.
+        previous_has_seq = np.empty(n, dtype=np.bool_)
+        previous_has_seq[0] = False
+        previous_has_seq[1:] = has_seq[:-1]
+        clean &= head | (has_seq == previous_has_seq)
+    # A run is clean when none of its ticks is not: mark the symbols with a dirty tick.
+    dirty_symbol = np.zeros(len(book), dtype=np.bool_)
+    dirty_symbol[s[~clean]] = True
+    clean_tick = ~dirty_symbol[s]
+    last = np.empty(n, dtype=np.bool_)
+    last[-1] = True
+    last[:-1] = head[1:]
+    last &= clean_tick
     last_sids = s[last]
     book.price[last_sids] = p[last]
     book.source_ts[last_sids] = t[last]
     book.last_ts[last_sids] = t[last]
     book.fresh_ns[last_sids] = now_ns
-    # The run's newest seq is its last one when all have seq; none when none have.
-    with_seq = last & has_seq
-    book.last_seq[s[with_seq]] = q[with_seq]
-    _count(outcomes, ACCEPTED, OK, int(clean_tick.sum()))
+    if any_seq:
+        # The run's newest seq is its last one when all have seq; none when none have.
+        with_seq = last & has_seq
+        book.last_seq[s[with_seq]] = q[with_seq]
+    accepted = int(clean_tick.sum())
+    _count(outcomes, ACCEPTED, OK, accepted)
+    if accepted == n:
+        return np.zeros(0, dtype=np.int64)
     rest: I64 = np.sort(order[~clean_tick])
     return rest
 

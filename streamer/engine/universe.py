@@ -36,6 +36,7 @@ class SymbolBook:
         self.floor_ts: I64 = np.full(capacity, NO_TS, dtype=np.int64)  # last price-adjusting action
         self.source_ts: I64 = np.zeros(capacity, dtype=np.int64)  # ts of last accepted tick
         self.fresh_ns: I64 = np.zeros(capacity, dtype=np.int64)  # clock at last accepted tick
+        self.floors_set = False  # any floor_ts set: the check can be skipped until one is
 
     def __len__(self) -> int:
         return len(self.names)

@@ -1,9 +1,9 @@
 """Tick quality: rejection reasons, hold-and-confirm, staleness and coverage.
 
-Batches of up to 8 ticks take the engine's per-tick path, bigger ones the vectorized path.
-Most tests run both ways: ``padded`` adds 9 in-band ticks of symbols of a separate index
-(PAD), which pushes the batch onto the vectorized path without touching the index under test;
-the padding's own 9 accepted ticks are taken out of the outcome counts.
+Batches of up to SMALL_BATCH ticks take the engine's per-tick path, bigger ones the vectorized
+path. Most tests run both ways: ``padded`` adds SMALL_BATCH + 1 in-band ticks of symbols of a
+separate index (PAD), which pushes the batch onto the vectorized path without touching the
+index under test; the padding's own accepted ticks are taken out of the outcome counts.
 """
 
 from __future__ import annotations
