@@ -37,6 +37,7 @@ def series_level(series: str, level: float, prev_close: float = 100.0) -> Series
         change_pct=(level / prev_close - 1) * 100,
         stale=1,
         coverage=0.75,
+        constituents=4,
     )
 
 
