@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from streamer.errors import StreamerError
+from streamer.tools.mqtt_publisher import connect_packet
 
 LOOPBACK = "127.0.0.1"
 _START_TIMEOUT_S = 10.0
@@ -334,38 +335,16 @@ class LocalMosquitto(LocalService):
                 sock.close()
                 return False
         with sock:
-            # MQTT 3.1.1 CONNECT, clean session, keepalive 5 s, empty client id (and credentials
-            # when configured); any CONNACK (0x20) proves the broker is serving.
-            payload = _mqtt_string(b"")
-            flags = 0x02
-            if self.username is not None and self.password is not None:
-                flags |= 0xC0
-                payload += _mqtt_string(self.username.encode()) + _mqtt_string(
-                    self.password.encode()
-                )
-            variable = _mqtt_string(b"MQTT") + bytes([4, flags, 0, 5])
-            body = variable + payload
+            # Any CONNACK (0x20) to an MQTT 3.1.1 CONNECT proves the broker is serving.
+            connect = connect_packet("", self.username, self.password)
             try:
-                sock.sendall(bytes([0x10]) + _mqtt_length(len(body)) + body)
+                sock.sendall(connect)
                 answer = sock.recv(4)
                 with contextlib.suppress(OSError):
                     sock.sendall(b"\xe0\x00")  # DISCONNECT
             except OSError:
                 return False
             return answer[:1] == b"\x20"
-
-
-def _mqtt_string(value: bytes) -> bytes:
-    return len(value).to_bytes(2, "big") + value
-
-
-def _mqtt_length(length: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, length = length % 128, length // 128
-        out.append(byte | (0x80 if length else 0))
-        if not length:
-            return bytes(out)
 
 
 class LocalRedis(LocalService):

@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
 from streamer.localservices import LocalMosquitto, LocalRedis
-from tests.conftest import ServiceConfig, ServiceConfigFactory
+from tests.conftest import ServiceConfig
 from tests.integration.harness import Feed, ServiceProcess, Store, metric, scrape, wait_for
-
-
-@pytest.fixture
-def config(service_config: ServiceConfigFactory) -> ServiceConfig:
-    return service_config()
-
-
-@pytest.fixture
-def service(config: ServiceConfig) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(config.path, config.metrics_url)
-    try:
-        process.wait_connected()
-        yield process
-    finally:
-        process.kill()
 
 
 def px3(store: Store, prefix: str) -> float | None:

@@ -26,16 +26,6 @@ def config(service_config: ServiceConfigFactory) -> ServiceConfig:
 
 
 @pytest.fixture
-def service(config: ServiceConfig) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(config.path, config.metrics_url)
-    try:
-        process.wait_connected()
-        yield process
-    finally:
-        process.kill()
-
-
-@pytest.fixture
 def feed(mosquitto: LocalMosquitto) -> Iterator[Feed]:
     publisher = Feed(mosquitto.port)
     yield publisher

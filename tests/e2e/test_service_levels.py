@@ -8,33 +8,17 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from streamer.localservices import LocalMosquitto
-from tests.conftest import ServiceConfig, ServiceConfigFactory
+from tests.conftest import ServiceConfig
 from tests.integration.harness import Feed, ServiceProcess, Store, wait_for
 
 LEVEL_FIELDS = {
     "level", "divisor", "ts", "source_ts", "seq", "prev_close", "change", "change_pct", "stale",
     "coverage",
 }  # fmt: skip
-
-
-@pytest.fixture
-def config(service_config: ServiceConfigFactory) -> ServiceConfig:
-    return service_config()
-
-
-@pytest.fixture
-def service(config: ServiceConfig) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(config.path, config.metrics_url)
-    try:
-        process.wait_connected()
-        yield process
-    finally:
-        process.kill()
 
 
 def hash_level(client: Store, prefix: str, index: str) -> float | None:

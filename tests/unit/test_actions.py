@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from streamer.config import ConstituentSpec, IndexDefinition, Method, QualitySettings
+from streamer.config import IndexDefinition
 from streamer.engine import AuditRecord, Engine
 from streamer.wire import (
     Action,
@@ -27,38 +27,7 @@ from streamer.wire import (
     Split,
     Tick,
 )
-
-T0 = 1_763_700_000_000_000_000
-SECOND = 1_000_000_000
-REL = 1e-12
-
-
-class ManualClock:
-    def __init__(self, now: int = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-
-def member(symbol: str, price: float | None = None, **params: float | str) -> ConstituentSpec:
-    return ConstituentSpec(symbol=symbol, price=price, **params)  # type: ignore[arg-type]
-
-
-def index(
-    index_id: str,
-    method: Method,
-    *constituents: ConstituentSpec,
-    divisor: float | None = None,
-    base_value: float | None = None,
-) -> IndexDefinition:
-    return IndexDefinition(
-        id=index_id,
-        method=method,
-        divisor=divisor,
-        base_value=base_value,
-        constituents=constituents,
-    )
+from tests.unit.builders import REL, T0, at, engine_of, index, level, member
 
 
 def px3() -> IndexDefinition:
@@ -79,14 +48,6 @@ def cap2(index_id: str = "CAP") -> IndexDefinition:
     )
 
 
-def engine_of(*definitions: IndexDefinition) -> Engine:
-    return Engine(definitions, QualitySettings(max_move_pct=50.0), clock=ManualClock())
-
-
-def at(seconds: float) -> int:
-    return T0 + int(seconds * SECOND)
-
-
 def act(engine: Engine, *actions: Action, seconds: float = 1.0) -> list[AuditRecord]:
     """Apply actions effective now; every one must be accepted."""
     result = engine.apply(actions=list(actions), received_ns=at(seconds))
@@ -99,12 +60,6 @@ def tick(engine: Engine, symbol: str, price: float, seconds: float) -> None:
         ticks=[Tick(symbol=symbol, price=price, ts=at(seconds))], received_ns=at(seconds)
     )
     assert result.outcomes == {("accepted", "ok"): 1}
-
-
-def level(engine: Engine, series: str) -> float:
-    value = engine.level_of(series)
-    assert value is not None
-    return value
 
 
 def divisor(engine: Engine, index_id: str) -> float:

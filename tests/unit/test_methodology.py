@@ -12,57 +12,10 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.config import ConstituentSpec, IndexDefinition, Method, QualitySettings, Variant
+from streamer.config import IndexDefinition
 from streamer.engine import Engine
 from streamer.wire import Dividend, FxRate, Rebalance, Tick
-
-T0 = 1_763_700_000_000_000_000  # 2025-11-21, UTC ns
-SECOND = 1_000_000_000
-REL = 1e-12
-
-
-class ManualClock:
-    """The engine's clock, moved by hand so that no test depends on wall-clock time."""
-
-    def __init__(self, now: int = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-
-def index(
-    index_id: str,
-    method: Method,
-    *constituents: ConstituentSpec,
-    divisor: float | None = None,
-    base_value: float | None = None,
-    currency: str = "USD",
-    variants: tuple[Variant, ...] = ("price",),
-) -> IndexDefinition:
-    return IndexDefinition(
-        id=index_id,
-        method=method,
-        currency=currency,
-        divisor=divisor,
-        base_value=base_value,
-        variants=variants,
-        constituents=constituents,
-    )
-
-
-def member(symbol: str, price: float | None = None, **params: float | str) -> ConstituentSpec:
-    return ConstituentSpec(symbol=symbol, price=price, **params)  # type: ignore[arg-type]
-
-
-def engine_of(*definitions: IndexDefinition, clock: ManualClock | None = None) -> Engine:
-    return Engine(definitions, QualitySettings(max_move_pct=50.0), clock=clock or ManualClock())
-
-
-def level(engine: Engine, series: str) -> float:
-    value = engine.level_of(series)
-    assert value is not None, f"{series} has no level"
-    return value
+from tests.unit.builders import REL, SECOND, T0, engine_of, index, level, member
 
 
 def tick(symbol: str, price: float, seconds: float) -> Tick:

@@ -18,25 +18,12 @@ from streamer.config import ConstituentSpec, IndexDefinition, QualitySettings
 from streamer.engine import Engine
 from streamer.engine.core import SMALL_BATCH
 from streamer.wire import Action, FxRate, Split, Tick
+from tests.unit.builders import T0, ManualClock, at
 
-T0 = 1_763_700_000_000_000_000
-SECOND = 1_000_000_000
 PAD = SMALL_BATCH + 1
 PATHS = pytest.mark.parametrize("padded", [False, True], ids=["per_tick", "vectorized"])
 
 Outcomes = Counter[tuple[str, str]]
-
-
-class ManualClock:
-    def __init__(self, now: int = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-
-def at(seconds: float) -> int:
-    return T0 + int(seconds * SECOND)
 
 
 def x_index() -> IndexDefinition:
