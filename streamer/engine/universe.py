@@ -21,11 +21,18 @@ NO_TS = np.iinfo(np.int64).min
 NO_SEQ = -1
 
 
+class SymbolIds(dict[str, int]):
+    """symbol -> sid; -1 for an unknown symbol, so lookups run as one C-level map()."""
+
+    def __missing__(self, symbol: str) -> int:
+        return -1
+
+
 class SymbolBook:
     """Per-symbol state, indexed by a dense symbol id (sid), grown on demand."""
 
     def __init__(self, capacity: int = 64) -> None:
-        self.ids: dict[str, int] = {}
+        self.ids: dict[str, int] = SymbolIds()
         self.names: list[str] = []
         self.currency: list[str] = []
         capacity = max(capacity, 8)
@@ -67,8 +74,7 @@ class SymbolBook:
 
     def lookup(self, symbols: list[str]) -> I64:
         """Symbol ids, -1 for unknown symbols."""
-        get = self.ids.get
-        return np.fromiter((get(s, -1) for s in symbols), dtype=np.int64, count=len(symbols))
+        return np.fromiter(map(self.ids.__getitem__, symbols), dtype=np.int64, count=len(symbols))
 
 
 @dataclass
