@@ -283,7 +283,7 @@ def main(args: argparse.Namespace) -> int:
         "naive ticks/s",
         "speed-up",
     ):
-        table.add_column(column, justify="left" if column == "scenario" else "right")
+        table.add_column(column, justify="left" if column == "scenario" else "right", no_wrap=True)
     for f in figures:
         table.add_row(
             f.scenario,
@@ -294,7 +294,7 @@ def main(args: argparse.Namespace) -> int:
             f"{f.naive_ticks_per_s or 0:,.0f}",
             f"{f.speedup or 0:,.1f}x",
         )
-    out = Console()
+    out = Console(width=max(Console().width, 110))
     out.print(table)
     out.print(f"peak RSS: {rss:,.0f} MB")
     return 0
