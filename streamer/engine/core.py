@@ -52,10 +52,6 @@ NO_TS_VALUE = int(np.iinfo(np.int64).min)
 EntryRow = tuple[int, int, float, float, float, float, float]
 
 
-def rows_keys(rows: Sequence[EntryRow]) -> list[tuple[int, int]]:
-    return [(row[0], row[1]) for row in rows]
-
-
 class Engine:
     def __init__(
         self,
@@ -178,7 +174,7 @@ class Engine:
         sid = np.array(columns[0], dtype=np.int64)
         index = np.array(columns[1], dtype=np.int64)
         fx_slot = np.array(
-            [self.fx.slot(self.book.currency[s], self.currencies[j]) for s, j in rows_keys(rows)],
+            [self.fx.slot(self.book.currency[s], self.currencies[j]) for s, j, *_ in rows],
             dtype=np.int64,
         )
         shares, iwf, awf, withholding, q = (np.array(c, dtype=np.float64) for c in columns[2:])

@@ -66,12 +66,3 @@ class BatchResult:
     audit: list[AuditRecord] = field(default_factory=list)
     deviations: dict[str, float] = field(default_factory=dict)
     rejected_actions: list[tuple[str, str]] = field(default_factory=list)
-
-    def merge(self, other: BatchResult) -> None:
-        for key, n in other.outcomes.items():
-            self.outcomes[key] += n
-        self.audit.extend(other.audit)
-        self.deviations.update(other.deviations)
-        self.rejected_actions.extend(other.rejected_actions)
-        seen = set(self.changed)
-        self.changed.extend(s for s in other.changed if s not in seen)

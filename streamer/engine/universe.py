@@ -8,8 +8,6 @@ index changes) are rare, so they rebuild the derived arrays wholesale.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import numpy.typing as npt
 
@@ -75,16 +73,6 @@ class SymbolBook:
     def lookup(self, symbols: list[str]) -> I64:
         """Symbol ids, -1 for unknown symbols."""
         return np.fromiter(map(self.ids.__getitem__, symbols), dtype=np.int64, count=len(symbols))
-
-
-@dataclass
-class EntryParams:
-    """Parameters of one membership entry, as configured or changed by actions."""
-
-    shares: float = 1.0
-    iwf: float = 1.0
-    awf: float = 1.0
-    withholding: float = 0.0
 
 
 class Membership:
