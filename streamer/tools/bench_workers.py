@@ -14,6 +14,7 @@ latency step stamps every message with the time it leaves (``ts``) and a sequenc
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
@@ -128,47 +129,51 @@ class BenchPublisher:
 
     def throughput(self, command: Throughput) -> Sent:
         pool = self.pool(command.batch, command.fmt)
-        pacer = Pacer(command.rate / command.batch, max_lag_s=0.25)
         cursor = 0
-        sent = 0
-        started = pacer.started
-        deadline = started + command.duration_s
-        while time.perf_counter() < deadline:
-            due = min(pacer.due(), _MAX_BURST)
-            if due == 0:
-                pacer.wait()
-                continue
+
+        def send(due: int) -> None:
+            nonlocal cursor
             burst: list[bytes] = []
             while len(burst) < due:
                 take = min(due - len(burst), len(pool) - cursor)
                 burst.extend(pool[cursor : cursor + take])
                 cursor = (cursor + take) % len(pool)
             self.publisher.publish_packets(burst)
-            pacer.release(due)
-            sent += due
-        elapsed = time.perf_counter() - started
+
+        sent, elapsed = _paced(command.rate / command.batch, command.duration_s, send)
         return Sent(sent * command.batch, sent, elapsed)
 
     def latency(self, command: Latency) -> Sent:
-        pacer = Pacer(command.rate, max_lag_s=0.25)
-        sent = 0
         first_ts = time.time_ns()
-        started = pacer.started
-        deadline = started + command.duration_s
-        while time.perf_counter() < deadline:
-            due = min(pacer.due(), _MAX_BURST)
-            if due == 0:
-                pacer.wait()
-                continue
+        started = time.perf_counter()
+
+        def send(due: int) -> None:
             ids = self.market.random_symbols(due)
             chunk = self.market.step(ids, np.full(due, (time.perf_counter() - started)))
             ts = time.time_ns()
             self.publisher.publish_packets(
                 self.encoder.single_packets(chunk.symbol_ids, chunk.prices, chunk.seqs, ts, "json")
             )
-            pacer.release(due)
-            sent += due
-        return Sent(sent, sent, time.perf_counter() - started, first_ts)
+
+        sent, elapsed = _paced(command.rate, command.duration_s, send)
+        return Sent(sent, sent, elapsed, first_ts)
+
+
+def _paced(rate: float, duration_s: float, send: Callable[[int], None]) -> tuple[int, float]:
+    """Call ``send(n)`` with the messages due at ``rate`` for ``duration_s``, in bursts of at
+    most _MAX_BURST; returns (messages sent, seconds taken)."""
+    pacer = Pacer(rate, max_lag_s=0.25)
+    sent = 0
+    deadline = pacer.started + duration_s
+    while time.perf_counter() < deadline:
+        due = min(pacer.due(), _MAX_BURST)
+        if due == 0:
+            pacer.wait()
+            continue
+        send(due)
+        pacer.release(due)
+        sent += due
+    return sent, time.perf_counter() - pacer.started
 
 
 def publisher_process(conn: Connection, endpoint: BrokerEndpoint, universe: FeedUniverse) -> None:
