@@ -47,24 +47,19 @@ IDLE_PROBE_S = 1.0
 
 _json = msgspec.json.Encoder()
 
-# ARGV: prefix, maxlen, then one MessagePack document [field names, rows], each row
-# [series id, JSON for the channel, field values as strings]: one argument for redis-py to
-# pack instead of hundreds, and the numbers keep Python's shortest round-trip formatting.
+# ARGV: prefix, maxlen, then one MessagePack array of rows, each row
+# [series id, JSON for the channel, name1, value1, name2, value2, ...] with values as strings:
+# one argument for redis-py to pack instead of hundreds, the numbers keep Python's shortest
+# round-trip formatting, and Lua passes each row's pairs on without rebuilding them.
 PUBLISH_LEVELS_LUA = """
 local prefix, maxlen = ARGV[1], ARGV[2]
-local document = cmsgpack.unpack(ARGV[3])
-local names, rows = document[1], document[2]
 local channel = prefix .. ':levels'
+local rows = cmsgpack.unpack(ARGV[3])
 for _, row in ipairs(rows) do
-  local fields = {}
-  for k, name in ipairs(names) do
-    fields[2 * k - 1] = name
-    fields[2 * k] = row[2 + k]
-  end
-  redis.call('HSET', prefix .. ':index:' .. row[1], unpack(fields))
+  redis.call('HSET', prefix .. ':index:' .. row[1], unpack(row, 3))
   redis.call('PUBLISH', channel, row[2])
   redis.call('XADD', prefix .. ':history:' .. row[1], 'MAXLEN', '~', maxlen, '*',
-             unpack(fields))
+             unpack(row, 3))
 end
 return #rows
 """
@@ -259,14 +254,12 @@ class RedisPublisher:
             fields = level_fields(level, seq, publish_ns)
             mapping = _redis_mapping(fields)
             fields["index"] = level.series
-            rows.append(
-                [
-                    level.series,
-                    _json.encode(fields).decode(),  # Redis's cmsgpack knows no bin type
-                    *(_text(mapping[n]) for n in LEVEL_FIELD_NAMES),
-                ]
-            )
-        return [self.prefix, self.history_maxlen, _msgpack.encode([LEVEL_FIELD_NAMES, rows])]
+            row: list[str] = [level.series, _json.encode(fields).decode()]
+            for name in LEVEL_FIELD_NAMES:
+                row.append(name)
+                row.append(_text(mapping[name]))
+            rows.append(row)
+        return [self.prefix, self.history_maxlen, _msgpack.encode(rows)]
 
 
 LevelSource = Callable[[Iterable[str] | None], list[SeriesLevel]]
