@@ -8,8 +8,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -23,6 +21,7 @@ import yaml
 
 from streamer.cli import COMMANDS
 from streamer.localservices import LocalMosquitto, LocalRedis, find_executable, free_port
+from streamer.tools.processes import ChildProcess, streamer_command
 from tests.deploy.support import DEPLOY, PROMETHEUS_DIR, tool
 
 T = TypeVar("T")
@@ -95,36 +94,15 @@ class DeployRedis(LocalRedis):
         return command
 
 
-class RunningService:
+class RunningService(ChildProcess):
     """``streamer run`` (or another subcommand) as a child process, logging to a file."""
 
     def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "streamer.cli", *args],
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def log_tail(self, limit: int = 2000) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")[-limit:]
+        super().__init__(args[0], streamer_command(*args), {**os.environ, **env}, log_path)
+        self.start()
 
     def assert_running(self) -> None:
-        assert self.process.poll() is None, f"process exited early:\n{self.log_tail()}"
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return int(self.process.returncode)
+        assert self.alive(), f"process exited early:\n{self.log_tail()}"
 
 
 @contextlib.contextmanager
@@ -172,9 +150,8 @@ class PrometheusServer:
         self.config_path = workdir / "prometheus.yml"
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         self.storage = Path(tempfile.mkdtemp(prefix="prometheus-", dir=workdir))
-        self.log_path = workdir / "prometheus.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
+        self.process = ChildProcess(
+            "prometheus",
             [
                 tool("prometheus"),
                 f"--config.file={self.config_path}",
@@ -182,14 +159,13 @@ class PrometheusServer:
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--storage.tsdb.retention.time=1h",
             ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+            os.environ,
+            workdir / "prometheus.log",
+        ).start()
 
     def wait_ready(self) -> None:
         def ready() -> bool | None:
-            assert self.process.poll() is None, f"prometheus exited:\n{self.log_tail()}"
+            assert self.process.alive(), f"prometheus exited:\n{self.process.log_tail()}"
             status, _ = http_get(f"{self.url}/-/ready")
             return True if status == 200 else None
 
@@ -207,18 +183,8 @@ class PrometheusServer:
         result: list[dict[str, Any]] = data["result"]
         return result
 
-    def log_tail(self, limit: int = 2000) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")[-limit:]
-
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+        self.process.stop(timeout_s=15.0)
         shutil.rmtree(self.storage, ignore_errors=True)
 
 
