@@ -35,7 +35,15 @@ from streamer.engine.results import (
     SeriesLevel,
 )
 from streamer.engine.returns import ReturnsBook
-from streamer.engine.universe import F64, I64, NO_SEQ, Mask, Membership, SymbolBook
+from streamer.engine.universe import (
+    F64,
+    I64,
+    NO_SEQ,
+    Mask,
+    Membership,
+    SymbolBook,
+    float_cells,
+)
 from streamer.errors import ConfigError
 from streamer.wire import Action, FxRate, ReferenceLevel, Tick
 
@@ -49,7 +57,19 @@ EQUAL_WEIGHT_NOTIONAL = 1e6
 
 Clock = Callable[[], int]
 NO_TS_VALUE = int(np.iinfo(np.int64).min)
-EntryRow = tuple[int, int, float, float, float, float, float]
+
+
+class Row:
+    """One symbol's membership as Python lists, for the per-tick path."""
+
+    __slots__ = ("entries", "moves", "series")
+
+    def __init__(
+        self, entries: list[tuple[int, float]], moves: list[int], series: list[str]
+    ) -> None:
+        self.entries = entries  # (index, q * fx) of each index holding the symbol
+        self.moves = moves  # the indices its price moves (q * fx not 0: FX rate known)
+        self.series = series  # their published series, once established
 
 
 class Engine:
@@ -80,7 +100,8 @@ class Engine:
         self.divisor: F64 = np.full(n, np.nan)
         self.sums: F64 = np.zeros(n)
         self.missing: I64 = np.zeros(n, dtype=np.int64)
-        self.newest_ts: I64 = np.zeros(n, dtype=np.int64)
+        # The per-tick path's view of the sums, which are therefore only written in place.
+        self._sum_cells = float_cells(self.sums)
         self.dirty: Mask = np.zeros(n, dtype=np.bool_)
         self.returns = ReturnsBook(n)
         self.book = SymbolBook()
@@ -102,12 +123,19 @@ class Engine:
         self._series_of_index: list[list[str]] = [[] for _ in range(n)]
         for s, j, _ in self.series:
             self._series_of_index[j].append(s)
+        # The series of each index once it is established (a divisor, once set, stays set).
+        self._publishable_series: list[list[str]] = [[] for _ in range(n)]
         self._series_index = np.array([j for _, j, _ in self.series], dtype=np.int64)
-        # Per-symbol rows as Python lists, for the per-tick path (cleared on any rebuild).
-        self._row_cache: dict[int, tuple[list[int], list[float]]] = {}
+        # Per-symbol rows as Python lists, for the per-tick path; cleared whenever weights or
+        # the set of established indices change.
+        self._row_cache: dict[int, Row] = {}
         self._any_dirty = False
-        self._dirty_few: set[int] = set()  # the per-tick path marks here: cheaper than numpy
+        # The per-tick path marks changes here, cheaper than in ``dirty``: indices, or the rows
+        # of symbols that moved alone.
+        self._dirty_few: set[int] = set()
+        self._moved_rows: list[Row] = []
         self._series_by_id = {s: (j, v) for s, j, v in self.series}
+        self._series_position = {s: k for k, (s, _, _) in enumerate(self.series)}
         self._maybe_unestablished = True
         self._load_constituents()
 
@@ -151,7 +179,8 @@ class Engine:
                 )
         self._append_entries(rows)
         self._rebuild()
-        self.sums, self.missing = kernels.full_sums(self.members, self.book.price, self.n_indices)
+        sums, self.missing = kernels.full_sums(self.members, self.book.price, self.n_indices)
+        self.sums[:] = sums
         self._establish(np.arange(self.n_indices))
 
     def _q(self, j: int, shares: float, iwf: float, awf: float) -> float:
@@ -188,13 +217,16 @@ class Engine:
         self.members.refresh_fx(self.fx.factor)
         self._row_cache.clear()
 
-    def _row(self, sid: int) -> tuple[list[int], list[float]]:
+    def _row(self, sid: int) -> Row:
         row = self._row_cache.get(sid)
         if row is None:
             m = self.members
             start, stop = int(m.row_ptr[sid]), int(m.row_ptr[sid + 1])
-            row = (m.index[start:stop].tolist(), m.qfx0[start:stop].tolist())
-            self._row_cache[sid] = row
+            indices, weights = m.index[start:stop].tolist(), m.qfx0[start:stop].tolist()
+            entries = list(zip(indices, weights, strict=True))
+            moves = [j for j, weight in entries if weight != 0.0]
+            series = [s for j in moves for s in self._publishable_series[j]]
+            row = self._row_cache[sid] = Row(entries, moves, series)
         return row
 
     def _mark_dirty(self, indices: I64 | Mask | slice) -> None:
@@ -216,14 +248,42 @@ class Engine:
         result = BatchResult()
         for action in actions:
             self._submit(action, now, result)
-        if ticks or fx:
+        if len(ticks) <= self.small_batch and self._steady:
+            # A few ticks: straight from the messages to Python scalars, no arrays on the way.
+            if fx:
+                self._apply_fx(fx, now, result)
+            if len(ticks) == 1:
+                t = ticks[0]
+                self._screen_and_move_one(
+                    self.book.ids[t.symbol],
+                    t.price,
+                    now if t.ts is None else t.ts,
+                    NO_SEQ if t.seq is None else t.seq,
+                    now,
+                    result,
+                )
+            elif ticks:
+                ids = self.book.ids
+                self._screen_and_move_each(
+                    [ids[t.symbol] for t in ticks],
+                    [t.price for t in ticks],
+                    [now if t.ts is None else t.ts for t in ticks],
+                    [NO_SEQ if t.seq is None else t.seq for t in ticks],
+                    now,
+                    result,
+                )
+        elif ticks or fx:
             symbols, sids, prices, ts, seqs = self._columns(ticks, now)
             self._apply_ticks(sids, prices, ts, seqs, now, result, symbols, list(fx))
-        self._apply_due(now, result)
-        self._finish(result)
+        self._finish(now, result)
         for ref in references:
             self._reference(ref, result)
         return result
+
+    @property
+    def _steady(self) -> bool:
+        """No pending action and every index established: no batch needs cutting."""
+        return not (self._pending or self._maybe_unestablished)
 
     def _columns(self, ticks: Sequence[Tick], now: int) -> tuple[list[str], I64, F64, I64, I64]:
         """Ticks as columns: the per-tick cost of turning decoded messages into arrays is most
@@ -246,17 +306,27 @@ class Engine:
         """The kernel entry point for already-decoded arrays (sid -1 = unknown symbol)."""
         now = self.clock() if received_ns is None else received_ns
         result = BatchResult()
-        self._apply_ticks(sids, prices, ts, seqs, now, result)
-        self._apply_due(now, result)
-        self._finish(result)
+        n = len(sids)
+        if n > self.small_batch or self._pending or self._maybe_unestablished:
+            self._apply_ticks(sids, prices, ts, seqs, now, result)
+        elif n == 1:
+            self._screen_and_move_one(
+                sids.item(0), prices.item(0), ts.item(0), seqs.item(0), now, result
+            )
+        else:
+            self._screen_and_move_each(
+                sids.tolist(), prices.tolist(), ts.tolist(), seqs.tolist(), now, result
+            )
+
+            self._apply_ticks(sids, prices, ts, seqs, now, result)
+        self._finish(now, result)
         return result
 
     def advance(self, now_ns: int | None = None) -> BatchResult:
         """Apply the pending actions whose effective time has come (call it on a timer)."""
         now = self.clock() if now_ns is None else now_ns
         result = BatchResult()
-        self._apply_due(now, result)
-        self._finish(result)
+        self._finish(now, result)
         return result
 
     def symbol_ids(self, symbols: list[str]) -> I64:
@@ -283,7 +353,7 @@ class Engine:
         (the first price of one of its symbols, an FX rate): its divisor is fixed from exactly
         the prices of that moment.  In steady state neither exists and the batch is one call.
         """
-        if not (self._pending or self._maybe_unestablished):
+        if self._steady:
             if fx:
                 self._apply_fx(fx, now, result)
             if len(sids):
@@ -367,7 +437,9 @@ class Engine:
         self, sids: I64, prices: F64, ts: I64, seqs: I64, now: int, result: BatchResult
     ) -> None:
         if len(sids) <= self.small_batch:
-            self._screen_and_move_each(sids, prices, ts, seqs, now, result)
+            self._screen_and_move_each(
+                sids.tolist(), prices.tolist(), ts.tolist(), seqs.tolist(), now, result
+            )
             return
         known = sids >= 0
         if not known.all():
@@ -376,10 +448,9 @@ class Engine:
             if len(sids) == 0:
                 return
         book = self.book
-        counts = np.bincount(sids, minlength=len(book))
-        touched = np.flatnonzero(counts)
-        before = book.price[touched]
-        rest = screen_runs(book, sids, prices, ts, seqs, self.band, now, result.outcomes)
+        touched, before, rest = screen_runs(
+            book, sids, prices, ts, seqs, self.band, now, result.outcomes
+        )
         if len(rest):
             sids, prices, ts, seqs = sids[rest], prices[rest], ts[rest], seqs[rest]
             rest_counts = np.bincount(sids, minlength=len(book))
@@ -394,7 +465,7 @@ class Engine:
                     now,
                     result.outcomes,
                 )
-        after = book.price[touched]
+        after = book.price.take(touched)
         moved = (after != before) & ~np.isnan(after)
         first = moved & np.isnan(before)
         steady = moved & ~first
@@ -403,59 +474,83 @@ class Engine:
         if first.any():
             self._first_prices(touched[first])
 
-    def _screen_and_move_each(
-        self, sids: I64, prices: F64, ts: I64, seqs: I64, now: int, result: BatchResult
+    def _screen_and_move_one(
+        self, sid: int, price: float, ts: int, seq: int, now: int, result: BatchResult
     ) -> None:
-        """The vector path's rules one tick at a time: screen each tick in order, then move
-        each symbol by its net change, stamped with its last accepted tick's ts."""
-        book = self.book
-        initial: dict[int, float] = {}
-        for sid, price, t, seq in zip(
-            sids.tolist(), prices.tolist(), ts.tolist(), seqs.tolist(), strict=True
-        ):
+        """``_screen_and_move_each`` for a batch of one tick (every single-tick message)."""
+        if sid < 0:
+            result.outcomes[REJECTED, UNKNOWN_SYMBOL] += 1
+            return
+        cells = self.book.cells
+        old = cells.price[sid]
+        if screen_one(cells, sid, price, ts, seq, self.band, now, result.outcomes):
+            self._move_alone(sid, old)
+
+    def _move_alone(self, sid: int, old: float) -> None:
+        """Move the indices of the only symbol that moved in a batch from its ``old`` price."""
+        change = self.book.cells.price[sid] - old
+        if old != old:  # the symbol's first price: its indices are recomputed
+            self._first_prices(np.array([sid], dtype=np.int64))
+        elif change != 0.0:
+            row = self._row_cache.get(sid) or self._row(sid)
+            sums = self._sum_cells
+            for j, weight in row.entries:
+                sums[j] += change * weight
+            self._moved_rows.append(row)  # its series are this batch's changes
+
+    def _screen_and_move_each(
+        self,
+        sids: list[int],
+        prices: list[float],
+        ts: list[int],
+        seqs: list[int],
+        now: int,
+        result: BatchResult,
+    ) -> None:
+        """The vector path's rules one tick at a time, on Python scalars: screen each tick in
+        order, then move each symbol by its net change, stamped with its last accepted tick's
+        ts.  Below ``small_batch`` ticks this beats numpy's per-call overhead."""
+        cells = self.book.cells
+        price_of = cells.price
+        band, outcomes = self.band, result.outcomes
+        before: dict[int, float] = {}  # accepted symbols -> their price before the batch
+        for sid, price, t, seq in zip(sids, prices, ts, seqs, strict=True):
             if sid < 0:
-                result.outcomes[REJECTED, UNKNOWN_SYMBOL] += 1
+                outcomes[REJECTED, UNKNOWN_SYMBOL] += 1
                 continue
-            before = float(book.price[sid])
-            if screen_one(book, sid, price, t, seq, self.band, now, result.outcomes):
-                initial.setdefault(sid, before)
+            old = price_of[sid]
+            if screen_one(cells, sid, price, t, seq, band, now, outcomes) and sid not in before:
+                before[sid] = old
+        if not before:
+            return
+        if len(before) == 1:
+            [(sid, old)] = before.items()
+            self._move_alone(sid, old)
+            return
         first: list[int] = []
         delta: dict[int, float] = {}
-        stamp: dict[int, int] = {}
-        for sid, before in initial.items():
-            change = float(book.price[sid]) - before
-            if math.isnan(before):
+        for sid, old in before.items():
+            change = price_of[sid] - old
+            if old != old:
                 first.append(sid)
-                continue
-            if change == 0.0:
-                continue
-            t = int(book.source_ts[sid])
-            # Python scalars beat numpy calls on rows of a handful of entries.
-            for j, weight in zip(*self._row(sid), strict=True):
-                delta[j] = delta.get(j, 0.0) + change * weight
-                if stamp.get(j, t) <= t:
-                    stamp[j] = t
-        sums, newest, dirty_few = self.sums, self.newest_ts, self._dirty_few
+            elif change != 0.0:
+                for j, weight in self._row(sid).entries:
+                    delta[j] = delta.get(j, 0.0) + change * weight
+        sums, dirty = self._sum_cells, self._dirty_few
         for j, change_of_sum in delta.items():
             if change_of_sum != 0.0:
                 sums[j] += change_of_sum
-                dirty_few.add(j)
-            if newest[j] < stamp[j]:
-                newest[j] = stamp[j]
+                dirty.add(j)
         if first:
             self._first_prices(np.array(first, dtype=np.int64))
 
     def _move(self, sids: I64, price_change: F64) -> None:
-        delta = kernels.move_indices(
-            self.members, sids, price_change, self.book.source_ts, self.sums, self.newest_ts
-        )
+        delta = kernels.move_indices(self.members, sids, price_change, self.sums)
         self._mark_dirty(delta != 0.0)
 
     def _first_prices(self, sids: I64) -> None:
         entries = self.members.rows(np.unique(sids))
-        where = self.members.index[entries]
-        self._recompute_indices(np.unique(where))
-        np.maximum.at(self.newest_ts, where, self.book.source_ts[self.members.sid[entries]])
+        self._recompute_indices(np.unique(self.members.index[entries]))
 
     def _recompute_indices(self, indices: I64) -> None:
         if len(indices) == 0:
@@ -509,21 +604,25 @@ class Engine:
 
     # ------------------------------------------------------------------ establishing levels
 
-    def _finish(self, result: BatchResult) -> None:
-        self._establish_ready()
-        if self._dirty_few and not self._any_dirty:
-            # Only the per-tick path marked: a few indices, cheaper in plain Python.
-            divisor, series_of = self.divisor, self._series_of_index
-            for j in sorted(self._dirty_few):
-                if divisor[j] == divisor[j]:  # established (not NaN)
-                    result.changed.extend(series_of[j])
-            self._dirty_few = set()
+    def _finish(self, now: int, result: BatchResult) -> None:
+        """Apply the actions now due, fix new divisors, and list the series that changed."""
+        if self._pending:
+            self._apply_due(now, result)
+        if self._maybe_unestablished:
+            self._establish_ready()
+        dirty_few, moved_rows = self._dirty_few, self._moved_rows
+        if not (self._any_dirty or dirty_few) and len(moved_rows) <= 1:
+            # At most one symbol moved, by the per-tick path: its row lists the series.
+            if moved_rows:
+                result.changed += moved_rows[0].series
+                moved_rows.clear()
             return
-        if self._dirty_few:
-            self.dirty[list(self._dirty_few)] = True
-            self._dirty_few = set()
-        if not self._any_dirty:
-            return
+        for row in moved_rows:
+            dirty_few.update(row.moves)
+        moved_rows.clear()
+        if dirty_few:
+            self.dirty[list(dirty_few)] = True
+            dirty_few.clear()
         changed = self.dirty & ~np.isnan(self.divisor)
         result.changed.extend(self._series_names[changed[self._series_index]].tolist())
         self.dirty[:] = False
@@ -559,6 +658,9 @@ class Engine:
             np.isnan(given), sums / self.base_value[candidates], given
         )
         self.returns.start(candidates, self.sums[candidates] / self.divisor[candidates])
+        for j in candidates.tolist():
+            self._publishable_series[j] = self._series_of_index[j]
+        self._row_cache.clear()  # rows list the series of established indices
         self._mark_dirty(candidates)
         self._maybe_unestablished = bool(np.isnan(self.divisor).any())
 
@@ -683,43 +785,58 @@ class Engine:
         return float(base[j] * (pr + points[j]) / self.returns.pr_close[j])
 
     def levels(self, series: Iterable[str] | None = None) -> list[SeriesLevel]:
-        """Published fields of every established series (or of those named)."""
-        wanted = None if series is None else set(series)
+        """Published fields of every established series (or of those named), in series order.
+
+        Staleness and the newest tick are read here, once per publish cycle, from the entries
+        of the indices asked for only."""
+        picks: Iterable[int]
+        if series is None:
+            picks = range(len(self.series))
+        else:
+            position = self._series_position
+            picks = sorted({position[s] for s in series if s in position})
+        chosen = [self.series[k] for k in picks if self._publishable_series[self.series[k][1]]]
+        if not chosen:
+            return []
+        js = np.unique(np.fromiter((j for _, j, _ in chosen), dtype=np.int64, count=len(chosen)))
         n_symbols = len(self.book)
-        now = self.clock()
-        stale_symbol = ((now - self.book.fresh_ns[:n_symbols]) > self.stale_after_ns) | np.isnan(
-            self.book.price[:n_symbols]
-        )
-        stale = kernels.stale_counts(self.members, stale_symbol, self.n_indices)
-        pr = self.pr_levels()
+        stale_symbol = (
+            self.clock() - self.book.fresh_ns[:n_symbols] > self.stale_after_ns
+        ) | np.isnan(self.book.price[:n_symbols])
+        stale, newest = kernels.freshness(self.members, stale_symbol, self.book.source_ts, js)
+        divisor = self.divisor.take(js)
+        pr = self.sums.take(js) / divisor
+        returns = self.returns
         level_by_variant = {
-            "price": pr,
-            "total": self.returns.total(pr),
-            "net": self.returns.net(pr),
+            "price": pr.tolist(),
+            "total": returns.total(pr, js).tolist(),
+            "net": returns.net(pr, js).tolist(),
         }
         close_by_variant = {
-            "price": self.returns.pr_close,
-            "total": self.returns.tr_close,
-            "net": self.returns.ntr_close,
+            "price": returns.pr_close.take(js).tolist(),
+            "total": returns.tr_close.take(js).tolist(),
+            "net": returns.ntr_close.take(js).tolist(),
         }
+        slot = {j: k for k, j in enumerate(js.tolist())}
+        divisors, counts = divisor.tolist(), self.members.count.take(js).tolist()
+        stale_list, newest_list = stale.tolist(), newest.tolist()
         out = []
-        for s, j, variant in self.series:
-            if (wanted is not None and s not in wanted) or math.isnan(self.divisor[j]):
-                continue
-            level = float(level_by_variant[variant][j])
-            prev_close = float(close_by_variant[variant][j])
-            count = int(self.members.count[j])
+        for s, j, variant in chosen:
+            k = slot[j]
+            level = level_by_variant[variant][k]
+            prev_close = close_by_variant[variant][k]
+            count, stale_count = counts[k], stale_list[k]
             out.append(
                 SeriesLevel(
                     series=s,
                     level=level,
-                    divisor=float(self.divisor[j]),
-                    source_ts=int(self.newest_ts[j]),
+                    divisor=divisors[k],
+                    source_ts=newest_list[k],
                     prev_close=prev_close,
                     change=level - prev_close,
-                    change_pct=(level / prev_close - 1.0) * 100.0,
-                    stale=int(stale[j]),
-                    coverage=(count - int(stale[j])) / count if count else 0.0,
+                    change_pct=(level / prev_close - 1.0) * 100.0 if prev_close else math.nan,
+                    stale=stale_count,
+                    coverage=(count - stale_count) / count if count else 0.0,
                     constituents=count,
                 )
             )
@@ -747,7 +864,8 @@ class Engine:
         drift = float(np.max(np.abs(self.sums - exact) / scale)) if self.n_indices else 0.0
         # Publishers republish what moved, so the exact sums reach Redis too.
         self._mark_dirty(self.sums != exact)
-        self.sums, self.missing = exact, missing
+        self.sums[:] = exact  # in place: the per-tick path holds a view of it
+        self.missing = missing
         self.max_drift = max(self.max_drift, drift)
         return drift
 

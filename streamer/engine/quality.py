@@ -20,6 +20,7 @@ They must agree exactly; the property tests check that they do.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,7 +37,24 @@ from streamer.engine.results import (
     UNCONFIRMED,
     Outcomes,
 )
-from streamer.engine.universe import F64, I64, NO_SEQ, SymbolBook
+from streamer.engine.universe import F64, I64, NO_SEQ, SymbolBook, SymbolCells
+
+# Outcome keys built once: the per-tick path counts one per tick.
+ACCEPTED_OK = (ACCEPTED, OK)
+ACCEPTED_CONFIRMED = (ACCEPTED, CONFIRMED)
+HELD_BIG_MOVE = (HELD, BIG_MOVE)
+REJECTED_BAD_PRICE = (REJECTED, BAD_PRICE)
+REJECTED_PRE_ACTION = (REJECTED, PRE_ACTION)
+REJECTED_OUT_OF_ORDER = (REJECTED, OUT_OF_ORDER)
+REJECTED_UNCONFIRMED = (REJECTED, UNCONFIRMED)
+
+
+class Runs(NamedTuple):
+    """What ``screen_runs`` found: the batch's symbols and what is left for the rounds."""
+
+    touched: I64  # every symbol of the batch, ascending
+    before: F64  # their prices before the batch
+    rest: I64  # positions (ascending) of the ticks left for the rounds
 
 
 def screen_runs(
@@ -48,46 +66,48 @@ def screen_runs(
     band: float,
     now_ns: int,
     outcomes: Outcomes,
-) -> I64:
-    """Accept whole runs of clean ticks at once; returns the positions left for the rounds.
+) -> Runs:
+    """Accept whole runs of clean ticks at once; the rest is left for the rounds.
 
     A symbol's run is clean when nothing is held for it and each of its ticks, in arrival
     order, would pass every rule against the tick before it (the first against the book):
     then applying them one by one accepts all, and only the last one's price, ts and seq
-    remain.  Runs mixing ticks with and without seq are left to the rounds.
+    remain.  Runs mixing ticks with and without seq are left to the rounds.  Gathers use
+    ``take``, about twice as fast as fancy indexing.
     """
     n = len(sids)
     key = sids.astype(np.uint16) if len(book) <= 1 << 16 else sids
     order = np.argsort(key, kind="stable")
-    s, p, t = sids[order], prices[order], ts[order]
+    s, p, t = sids.take(order), prices.take(order), ts.take(order)
     head = np.empty(n, dtype=np.bool_)
     head[0] = True
     np.not_equal(s[1:], s[:-1], out=head[1:])
     heads = np.flatnonzero(head)
-    head_sids = s[heads]
+    touched = s.take(heads)
+    before = book.price.take(touched)
     prev_price = np.empty(n)
     prev_price[1:] = p[:-1]
-    prev_price[heads] = book.price[head_sids]
+    prev_price[heads] = before
     prev_ts = np.empty(n, dtype=np.int64)
     prev_ts[1:] = t[:-1]
-    prev_ts[heads] = book.last_ts[head_sids]
+    prev_ts[heads] = book.last_ts.take(touched)
     with np.errstate(invalid="ignore", divide="ignore"):
         clean = (
             (p > 0.0)
             & (p < np.inf)
             & (t >= prev_ts)
-            & np.isnan(book.held[s])
+            & np.isnan(book.held.take(s))
             & (np.isnan(prev_price) | (np.abs(p / prev_price - 1.0) <= band))
         )
     if book.floors_set:
-        clean &= t >= book.floor_ts[s]
-    q = seqs[order]
-    has_seq = q != NO_SEQ
-    any_seq = bool(has_seq.any())
+        clean &= t >= book.floor_ts.take(s)
+    any_seq = bool((seqs != NO_SEQ).any())
     if any_seq:
+        q = seqs.take(order)
+        has_seq = q != NO_SEQ
         prev_seq = np.empty(n, dtype=np.int64)
         prev_seq[1:] = q[:-1]
-        prev_seq[heads] = book.last_seq[head_sids]
+        prev_seq[heads] = book.last_seq.take(touched)
         clean &= ~has_seq | (prev_seq == NO_SEQ) | (q > prev_seq)
         # Within a run, a tick without seq after one with seq would compare against an older
         # seq than prev_seq says: leave mixed runs to the rounds.
@@ -95,29 +115,31 @@ def screen_runs(
         previous_has_seq[0] = False
         previous_has_seq[1:] = has_seq[:-1]
         clean &= head | (has_seq == previous_has_seq)
-    # A run is clean when none of its ticks is not: mark the symbols with a dirty tick.
-    dirty_symbol = np.zeros(len(book), dtype=np.bool_)
-    dirty_symbol[s[~clean]] = True
-    clean_tick = ~dirty_symbol[s]
-    last = np.empty(n, dtype=np.bool_)
-    last[-1] = True
-    last[:-1] = head[1:]
-    last &= clean_tick
-    last_sids = s[last]
-    book.price[last_sids] = p[last]
-    book.source_ts[last_sids] = t[last]
-    book.last_ts[last_sids] = t[last]
-    book.fresh_ns[last_sids] = now_ns
+    # The last tick of each run (sorted positions) is what remains of a clean run.
+    lasts = np.empty(len(heads), dtype=np.int64)
+    lasts[:-1] = heads[1:] - 1
+    lasts[-1] = n - 1
+    if clean.all():  # the common case: every run is clean
+        rest: I64 = np.zeros(0, dtype=np.int64)
+        clean_sids = touched
+    else:
+        # A run is clean when none of its ticks is not: mark the symbols with a dirty tick.
+        dirty_symbol = np.zeros(len(book), dtype=np.bool_)
+        dirty_symbol[s[~clean]] = True
+        clean_run = ~dirty_symbol.take(touched)
+        lasts, clean_sids = lasts[clean_run], touched[clean_run]
+        rest = np.sort(order[dirty_symbol.take(s)])
+    last_t = t.take(lasts)
+    book.price[clean_sids] = p.take(lasts)
+    book.source_ts[clean_sids] = last_t
+    book.last_ts[clean_sids] = last_t
+    book.fresh_ns[clean_sids] = now_ns
     if any_seq:
         # The run's newest seq is its last one when all have seq; none when none have.
-        with_seq = last & has_seq
-        book.last_seq[s[with_seq]] = q[with_seq]
-    accepted = int(clean_tick.sum())
-    _count(outcomes, ACCEPTED, OK, accepted)
-    if accepted == n:
-        return np.zeros(0, dtype=np.int64)
-    rest: I64 = np.sort(order[~clean_tick])
-    return rest
+        with_seq = has_seq.take(lasts)
+        book.last_seq[clean_sids[with_seq]] = q.take(lasts)[with_seq]
+    _count(outcomes, ACCEPTED, OK, n - len(rest))
+    return Runs(touched, before, rest)
 
 
 def screen_round(
@@ -177,7 +199,7 @@ def screen_round(
 
 
 def screen_one(
-    book: SymbolBook,
+    cells: SymbolCells,
     sid: int,
     price: float,
     ts: int,
@@ -187,38 +209,38 @@ def screen_one(
     outcomes: Outcomes,
 ) -> bool:
     """``screen_round`` for one tick; True when the price was accepted."""
-    if not (math.isfinite(price) and price > 0.0):
-        outcomes[REJECTED, BAD_PRICE] += 1
+    if not (price > 0.0 and price < math.inf):  # also False for NaN
+        outcomes[REJECTED_BAD_PRICE] += 1
         return False
-    if ts < book.floor_ts[sid]:
-        outcomes[REJECTED, PRE_ACTION] += 1
+    if ts < cells.floor_ts[sid]:
+        outcomes[REJECTED_PRE_ACTION] += 1
         return False
-    last_seq = int(book.last_seq[sid])
-    if (seq != NO_SEQ and last_seq != NO_SEQ and seq <= last_seq) or ts < book.last_ts[sid]:
-        outcomes[REJECTED, OUT_OF_ORDER] += 1
+    last_seq = cells.last_seq[sid]
+    if (seq != NO_SEQ and last_seq != NO_SEQ and seq <= last_seq) or ts < cells.last_ts[sid]:
+        outcomes[REJECTED_OUT_OF_ORDER] += 1
         return False
-    book.last_ts[sid] = ts
+    cells.last_ts[sid] = ts
     if seq != NO_SEQ:
-        book.last_seq[sid] = seq
-    current = float(book.price[sid])
-    held = float(book.held[sid])
-    confirms = not math.isnan(held) and abs(price / held - 1.0) <= band
-    in_band = math.isnan(current) or abs(price / current - 1.0) <= band
-    if not math.isnan(held):
-        book.held[sid] = math.nan
-        if confirms:
-            outcomes[ACCEPTED, CONFIRMED] += 1
+        cells.last_seq[sid] = seq
+    current = cells.price[sid]
+    in_band = current != current or abs(price / current - 1.0) <= band  # NaN: no price yet
+    held = cells.held[sid]
+    if held == held:  # a held big move (not NaN): this tick confirms it or discards it
+        cells.held[sid] = math.nan
+        if abs(price / held - 1.0) <= band:
+            outcomes[ACCEPTED_CONFIRMED] += 1
+            in_band = True
         else:
-            outcomes[REJECTED, UNCONFIRMED] += 1
-    if confirms or in_band:
-        book.price[sid] = price
-        book.source_ts[sid] = ts
-        book.fresh_ns[sid] = now_ns
-        outcomes[ACCEPTED, OK] += 1
-        return True
-    book.held[sid] = price
-    outcomes[HELD, BIG_MOVE] += 1
-    return False
+            outcomes[REJECTED_UNCONFIRMED] += 1
+    if not in_band:
+        cells.held[sid] = price
+        outcomes[HELD_BIG_MOVE] += 1
+        return False
+    cells.price[sid] = price
+    cells.source_ts[sid] = ts
+    cells.fresh_ns[sid] = now_ns
+    outcomes[ACCEPTED_OK] += 1
+    return True
 
 
 def _count(outcomes: Outcomes, outcome: str, reason: str, n: int) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
+
+import msgspec
 
 # Outcomes and reasons of streamer_ticks_total{outcome,reason}.
 ACCEPTED = "accepted"
@@ -35,34 +38,32 @@ class AuditRecord:
     level_after: float
 
 
-@dataclass(frozen=True, slots=True)
-class SeriesLevel:
-    """A published series (``ID``, ``ID.TR``, ``ID.NTR``) at one moment."""
+class SeriesLevel(msgspec.Struct, frozen=True, gc=False):
+    """A published series (``ID``, ``ID.TR``, ``ID.NTR``) at one moment.  A Struct: one is
+    built per series per publish cycle."""
 
     series: str
     level: float
     divisor: float
-    source_ts: int
+    source_ts: int  # ts of the newest accepted tick among the constituents (0: none yet)
     prev_close: float
     change: float
     change_pct: float
-    stale: int
-    coverage: float
+    stale: int  # constituents without a tick for stale_after_s
+    coverage: float  # share of constituents that are not stale
     constituents: int
 
 
 Outcomes = defaultdict[tuple[str, str], int]
 
 
-def new_outcomes() -> Outcomes:
-    return defaultdict(int)
+class BatchResult(msgspec.Struct, gc=False):
+    """What one ``Engine.apply`` did.  A Struct: one is made per micro-batch, and msgspec
+    builds it in C (a dataclass with default factories costs three times as much)."""
 
-
-@dataclass(slots=True)
-class BatchResult:
-    # (outcome, reason) -> count; a defaultdict because Counter() costs a microsecond here.
-    outcomes: Outcomes = field(default_factory=new_outcomes)
-    changed: list[str] = field(default_factory=list)
-    audit: list[AuditRecord] = field(default_factory=list)
-    deviations: dict[str, float] = field(default_factory=dict)
-    rejected_actions: list[tuple[str, str]] = field(default_factory=list)
+    # (outcome, reason) -> count
+    outcomes: Outcomes = msgspec.field(default_factory=partial(defaultdict, int))
+    changed: list[str] = msgspec.field(default_factory=list)  # series that moved, index order
+    audit: list[AuditRecord] = msgspec.field(default_factory=list)
+    deviations: dict[str, float] = msgspec.field(default_factory=dict)  # series -> bps vs ref
+    rejected_actions: list[tuple[str, str]] = msgspec.field(default_factory=list)  # (id, why)

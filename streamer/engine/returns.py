@@ -13,6 +13,8 @@ import numpy as np
 
 from streamer.engine.universe import F64, I64
 
+ALL = slice(None)
+
 
 class ReturnsBook:
     def __init__(self, n_indices: int) -> None:
@@ -34,12 +36,20 @@ class ReturnsBook:
         self.gross_points[j] += gross_points
         self.net_points[j] += net_points
 
-    def total(self, pr_level: F64) -> F64:
-        result: F64 = self.tr_close * (pr_level + self.gross_points) / self.pr_close
+    def total(self, pr_level: F64, indices: I64 | slice = ALL) -> F64:
+        """TR levels of ``indices`` (default all) from their PR levels ``pr_level``."""
+        result: F64 = (
+            self.tr_close[indices]
+            * (pr_level + self.gross_points[indices])
+            / self.pr_close[indices]
+        )
         return result
 
-    def net(self, pr_level: F64) -> F64:
-        result: F64 = self.ntr_close * (pr_level + self.net_points) / self.pr_close
+    def net(self, pr_level: F64, indices: I64 | slice = ALL) -> F64:
+        """NTR levels of ``indices`` (default all) from their PR levels ``pr_level``."""
+        result: F64 = (
+            self.ntr_close[indices] * (pr_level + self.net_points[indices]) / self.pr_close[indices]
+        )
         return result
 
     def roll(self, pr_level: F64) -> None:

@@ -19,6 +19,33 @@ NO_TS = np.iinfo(np.int64).min
 NO_SEQ = -1
 
 
+def float_cells(a: F64) -> memoryview[float]:
+    """A memoryview of a float64 array: indexing it gives and takes Python floats, without
+    numpy's scalar boxing (about half the cost per access on the per-tick path).  The view
+    aliases the array, so it is valid until the array is replaced (not merely written)."""
+    return a.data.cast("B").cast("d")
+
+
+def int_cells(a: I64) -> memoryview[int]:
+    """``float_cells`` for an int64 array."""
+    return a.data.cast("B").cast("q")
+
+
+class SymbolCells:
+    """The per-symbol arrays of a ``SymbolBook`` as memoryviews, for per-tick code."""
+
+    __slots__ = ("floor_ts", "fresh_ns", "held", "last_seq", "last_ts", "price", "source_ts")
+
+    def __init__(self, book: SymbolBook) -> None:
+        self.price = float_cells(book.price)
+        self.held = float_cells(book.held)
+        self.last_ts = int_cells(book.last_ts)
+        self.last_seq = int_cells(book.last_seq)
+        self.floor_ts = int_cells(book.floor_ts)
+        self.source_ts = int_cells(book.source_ts)
+        self.fresh_ns = int_cells(book.fresh_ns)
+
+
 class SymbolIds(dict[str, int]):
     """symbol -> sid; -1 for an unknown symbol, so lookups run as one C-level map()."""
 
@@ -42,6 +69,7 @@ class SymbolBook:
         self.source_ts: I64 = np.zeros(capacity, dtype=np.int64)  # ts of last accepted tick
         self.fresh_ns: I64 = np.zeros(capacity, dtype=np.int64)  # clock at last accepted tick
         self.floors_set = False  # any floor_ts set: the check can be skipped until one is
+        self.cells = SymbolCells(self)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -69,6 +97,7 @@ class SymbolBook:
         self.floor_ts = grown(self.floor_ts, NO_TS)  # type: ignore[assignment]
         self.source_ts = grown(self.source_ts, 0)  # type: ignore[assignment]
         self.fresh_ns = grown(self.fresh_ns, 0)  # type: ignore[assignment]
+        self.cells = SymbolCells(self)
 
     def lookup(self, symbols: list[str]) -> I64:
         """Symbol ids, -1 for unknown symbols."""
@@ -98,6 +127,7 @@ class Membership:
         self.qfx0_by_index: F64 = np.zeros(0)
         self.nonempty: I64 = np.zeros(0, dtype=np.int64)  # indices with at least one entry
         self.segment_starts: I64 = np.zeros(0, dtype=np.int64)  # their first CSC position
+        self.index_start: I64 = np.zeros(0, dtype=np.int64)  # each index's first CSC position
 
     def __len__(self) -> int:
         return len(self.sid)
@@ -138,7 +168,8 @@ class Membership:
         self.sid_by_index = self.sid[self.by_index]
         self.nonempty = np.flatnonzero(self.count).astype(np.int64)
         ends = np.cumsum(self.count)
-        self.segment_starts = (ends - self.count)[self.nonempty]
+        self.index_start = ends - self.count
+        self.segment_starts = self.index_start[self.nonempty]
         self.refresh_fx(fx_factor)
 
     def refresh_fx(self, fx_factor: F64) -> None:
@@ -158,10 +189,18 @@ class Membership:
     def rows(self, sids: I64) -> I64:
         """Entry positions of every row in ``sids``, concatenated (vectorized CSR gather)."""
         starts = self.row_ptr[sids]
-        lengths = self.row_ptr[sids + 1] - starts
-        total = int(lengths.sum())
-        if total == 0:
-            return np.zeros(0, dtype=np.int64)
-        # Position k of the output belongs to row r: starts[r] + (k - offset[r]).
-        offsets = np.cumsum(lengths) - lengths
-        return np.repeat(starts - offsets, lengths) + np.arange(total, dtype=np.int64)
+        return concatenated_ranges(starts, self.row_ptr[sids + 1] - starts)
+
+    def columns(self, indices: I64) -> I64:
+        """CSC positions of the entries of ``indices``, concatenated."""
+        return concatenated_ranges(self.index_start[indices], self.count[indices])
+
+
+def concatenated_ranges(starts: I64, lengths: I64) -> I64:
+    """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])`` without the loop."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    # Position k of the output belongs to range r: starts[r] + (k - offset[r]).
+    offsets = np.cumsum(lengths) - lengths
+    return np.repeat(starts - offsets, lengths) + np.arange(total, dtype=np.int64)
