@@ -43,6 +43,7 @@ from streamer.engine.universe import (
     Membership,
     SymbolBook,
     float_cells,
+    int_cells,
 )
 from streamer.errors import ConfigError
 from streamer.wire import Action, FxRate, ReferenceLevel, Tick
@@ -57,6 +58,17 @@ EQUAL_WEIGHT_NOTIONAL = 1e6
 
 Clock = Callable[[], int]
 NO_TS_VALUE = int(np.iinfo(np.int64).min)
+
+
+def _int_column(values: list[int | None], missing: int) -> I64:
+    """An int64 column of optional ints, ``missing`` where a value is None."""
+    try:
+        return np.fromiter(values, np.int64, len(values))  # the common case: all present
+    except TypeError:
+        pass
+    if values.count(None) == len(values):
+        return np.full(len(values), missing, dtype=np.int64)
+    return np.fromiter([missing if v is None else v for v in values], np.int64, len(values))
 
 
 class Row:
@@ -100,8 +112,16 @@ class Engine:
         self.divisor: F64 = np.full(n, np.nan)
         self.sums: F64 = np.zeros(n)
         self.missing: I64 = np.zeros(n, dtype=np.int64)
-        # The per-tick path's view of the sums, which are therefore only written in place.
+        # Per index, the ts of the newest accepted tick of its constituents (0: none yet).
+        # The per-tick path raises it as it goes; the vector path leaves the symbols it
+        # stamped in ``_stamped``, folded in when levels are read.
+        self.newest_ts: I64 = np.zeros(n, dtype=np.int64)
+        self._stamped: list[I64] = []
+        # The per-tick path's views of these arrays, which are therefore only written in place.
         self._sum_cells = float_cells(self.sums)
+        self._newest_cells = int_cells(self.newest_ts)
+        # Stale constituents per index, for the stale-symbol mask it was counted from.
+        self._stale_counts: tuple[tuple[bytes, int], I64] | None = None
         self.dirty: Mask = np.zeros(n, dtype=np.bool_)
         self.returns = ReturnsBook(n)
         self.book = SymbolBook()
@@ -286,18 +306,14 @@ class Engine:
         return not (self._pending or self._maybe_unestablished)
 
     def _columns(self, ticks: Sequence[Tick], now: int) -> tuple[list[str], I64, F64, I64, I64]:
-        """Ticks as columns: the per-tick cost of turning decoded messages into arrays is most
-        of the engine's share at high rates, and list comprehensions are its cheapest form."""
+        """Ticks as columns.  At high rates this is most of the engine's share: list
+        comprehensions into ``np.fromiter`` are its cheapest form (``np.array`` on a list
+        spends twice as long discovering the dtype of each element)."""
+        n = len(ticks)
         symbols = [t.symbol for t in ticks]
-        prices = np.array([t.price for t in ticks], dtype=np.float64)
-        try:
-            ts = np.array([t.ts for t in ticks], dtype=np.int64)
-        except TypeError:  # some ticks carry no ts: they are stamped with the receipt time
-            ts = np.array([now if t.ts is None else t.ts for t in ticks], dtype=np.int64)
-        try:
-            seqs = np.array([t.seq for t in ticks], dtype=np.int64)
-        except TypeError:
-            seqs = np.array([NO_SEQ if t.seq is None else t.seq for t in ticks], dtype=np.int64)
+        prices = np.fromiter([t.price for t in ticks], np.float64, n)
+        ts = _int_column([t.ts for t in ticks], now)
+        seqs = _int_column([t.seq for t in ticks], NO_SEQ)
         return symbols, self.book.lookup(symbols), prices, ts, seqs
 
     def apply_tick_arrays(
@@ -448,6 +464,7 @@ class Engine:
             if len(sids) == 0:
                 return
         book = self.book
+        batch_sids, stamps_before = sids, book.source_ts.take(sids)
         touched, before, rest = screen_runs(
             book, sids, prices, ts, seqs, self.band, now, result.outcomes
         )
@@ -465,6 +482,9 @@ class Engine:
                     now,
                     result.outcomes,
                 )
+        # Symbols with a newly accepted tick: their indices' newest tick is raised when levels
+        # are next read (once per publish cycle, not per batch).
+        self._stamped.append(batch_sids[book.source_ts.take(batch_sids) != stamps_before])
         after = book.price.take(touched)
         moved = (after != before) & ~np.isnan(after)
         first = moved & np.isnan(before)
@@ -487,12 +507,17 @@ class Engine:
             self._move_alone(sid, old)
 
     def _move_alone(self, sid: int, old: float) -> None:
-        """Move the indices of the only symbol that moved in a batch from its ``old`` price."""
-        change = self.book.cells.price[sid] - old
+        """Move the indices of the only symbol accepted in a batch from its ``old`` price."""
+        cells = self.book.cells
+        row = self._row_cache.get(sid) or self._row(sid)
+        stamp, newest = cells.source_ts[sid], self._newest_cells
+        for j, _ in row.entries:
+            if newest[j] < stamp:
+                newest[j] = stamp
+        change = cells.price[sid] - old
         if old != old:  # the symbol's first price: its indices are recomputed
             self._first_prices(np.array([sid], dtype=np.int64))
         elif change != 0.0:
-            row = self._row_cache.get(sid) or self._row(sid)
             sums = self._sum_cells
             for j, weight in row.entries:
                 sums[j] += change * weight
@@ -529,12 +554,18 @@ class Engine:
             return
         first: list[int] = []
         delta: dict[int, float] = {}
+        source_ts, newest = cells.source_ts, self._newest_cells
         for sid, old in before.items():
+            entries = self._row(sid).entries
+            stamp = source_ts[sid]
+            for j, _ in entries:
+                if newest[j] < stamp:
+                    newest[j] = stamp
             change = price_of[sid] - old
             if old != old:
                 first.append(sid)
             elif change != 0.0:
-                for j, weight in self._row(sid).entries:
+                for j, weight in entries:
                     delta[j] = delta.get(j, 0.0) + change * weight
         sums, dirty = self._sum_cells, self._dirty_few
         for j, change_of_sum in delta.items():
@@ -620,6 +651,13 @@ class Engine:
         for row in moved_rows:
             dirty_few.update(row.moves)
         moved_rows.clear()
+        if not self._any_dirty:
+            # Only the per-tick path marked: a few indices, cheaper in plain Python.
+            series_of = self._publishable_series
+            for j in sorted(dirty_few):
+                result.changed += series_of[j]
+            dirty_few.clear()
+            return
         if dirty_few:
             self.dirty[list(dirty_few)] = True
             dirty_few.clear()
@@ -717,9 +755,17 @@ class Engine:
         ``divisor_new = divisor_old * S_after / S_before`` keeps each level where it was.
         """
         js = np.unique(np.fromiter(indices, dtype=np.int64))
+        self._newest_per_index()  # fold pending stamps while the membership is the old one
         before, missing_before = kernels.sums_of(self.members, self.book.price, js, self.n_indices)
         divisor_before = self.divisor[js].copy()
         change()
+        # New members bring their newest tick with them.
+        kernels.raise_newest(
+            self.members,
+            self.newest_ts,
+            self.members.sid[np.isin(self.members.index, js)],
+            self.book.source_ts,
+        )
         after, missing_after = kernels.sums_of(self.members, self.book.price, js, self.n_indices)
         records = []
         for k, j in enumerate(js.tolist()):
@@ -798,12 +844,9 @@ class Engine:
         chosen = [self.series[k] for k in picks if self._publishable_series[self.series[k][1]]]
         if not chosen:
             return []
-        js = np.unique(np.fromiter((j for _, j, _ in chosen), dtype=np.int64, count=len(chosen)))
-        n_symbols = len(self.book)
-        stale_symbol = (
-            self.clock() - self.book.fresh_ns[:n_symbols] > self.stale_after_ns
-        ) | np.isnan(self.book.price[:n_symbols])
-        stale, newest = kernels.freshness(self.members, stale_symbol, self.book.source_ts, js)
+        js = np.array(sorted({j for _, j, _ in chosen}), dtype=np.int64)
+        stale = self._stale_per_index().take(js)
+        newest = self._newest_per_index().take(js)
         divisor = self.divisor.take(js)
         pr = self.sums.take(js) / divisor
         returns = self.returns
@@ -841,6 +884,28 @@ class Engine:
                 )
             )
         return out
+
+    def _stale_per_index(self) -> I64:
+        """Stale constituents of every index (no tick for stale_after_s, or no price yet).
+
+        The per-symbol mask is cheap; the count per index reads every membership, so it is
+        redone only when the mask or the membership has changed since the last read."""
+        n_symbols = len(self.book)
+        stale_symbol = (self.book.fresh_ns[:n_symbols] < self.clock() - self.stale_after_ns) | (
+            np.isnan(self.book.price[:n_symbols])
+        )
+        key = (stale_symbol.tobytes(), self.members.version)
+        if self._stale_counts is None or self._stale_counts[0] != key:
+            counts = kernels.stale_counts(self.members, stale_symbol, self.n_indices)
+            self._stale_counts = (key, counts)
+        return self._stale_counts[1]
+
+    def _newest_per_index(self) -> I64:
+        if self._stamped:
+            stamped = np.unique(np.concatenate(self._stamped))
+            self._stamped.clear()
+            kernels.raise_newest(self.members, self.newest_ts, stamped, self.book.source_ts)
+        return self.newest_ts
 
     def constituents(self, index_id: str) -> dict[str, float]:
         """Symbol -> index shares q of one index (for audits and tests)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamer.engine.universe import F64, I64, Mask, Membership
+from streamer.engine.universe import F64, I64, Mask, Membership, concatenated_ranges
 
 # Beyond this share of all entries, one pass over every entry (in index order, reducing
 # contiguous segments) beats gathering the touched rows one by one.
@@ -94,23 +94,33 @@ def sums_of(members: Membership, price: F64, indices: I64, n_indices: int) -> tu
     return sums, missing.astype(np.int64)
 
 
-def freshness(
-    members: Membership, stale_symbol: Mask, source_ts: I64, indices: I64
-) -> tuple[I64, I64]:
-    """For each of ``indices``: how many constituents are stale, and the ts of the newest
-    accepted tick among its constituents (0: none yet).  Reads only those indices' entries."""
-    counts = members.count.take(indices)
-    stale = np.zeros(len(indices), dtype=np.int64)
-    newest = np.zeros(len(indices), dtype=np.int64)
-    held = np.flatnonzero(counts)
-    if len(held) == 0:
-        return stale, newest
-    if len(indices) == len(members.count):
-        sids = members.sid_by_index
-    else:
-        sids = members.sid_by_index.take(members.columns(indices.take(held)))
-    segments = np.cumsum(counts.take(held)) - counts.take(held)
-    stale[held] = np.add.reduceat(stale_symbol.astype(np.int64).take(sids), segments)
-    newest[held] = np.maximum.reduceat(source_ts.take(sids), segments)
-    np.maximum(newest, 0, out=newest)
-    return stale, newest
+def stale_counts(members: Membership, stale_symbol: Mask, n_indices: int) -> I64:
+    """Stale constituents per index, from a per-symbol mask."""
+    counts = np.zeros(n_indices, dtype=np.int64)
+    if len(members.segment_starts):
+        counts[members.nonempty] = np.add.reduceat(
+            stale_symbol.astype(np.int64).take(members.sid_by_index), members.segment_starts
+        )
+    return counts
+
+
+def raise_newest(members: Membership, newest: I64, sids: I64, source_ts: I64) -> None:
+    """``newest[j] = max(newest[j], source_ts[i])`` for every entry (i, j) of ``sids``.
+
+    Relies on the engine's invariant: every member's ``source_ts`` has been folded into
+    ``newest`` except those of ``sids`` (so past a share of all entries, one pass over all is
+    the same, and cheaper).
+    """
+    starts = members.row_ptr.take(sids)
+    lengths = members.row_ptr.take(sids + 1) - starts
+    if int(lengths.sum()) > FULL_PASS_SHARE * len(members):
+        # Many symbols: one pass over every entry in index order (the others' ts are already
+        # folded in, so taking every member's is the same).
+        if len(members.segment_starts):
+            latest = np.maximum.reduceat(
+                source_ts.take(members.sid_by_index), members.segment_starts
+            )
+            newest[members.nonempty] = np.maximum(newest.take(members.nonempty), latest)
+        return
+    entries = concatenated_ranges(starts, lengths)
+    np.maximum.at(newest, members.index.take(entries), np.repeat(source_ts.take(sids), lengths))

@@ -127,7 +127,7 @@ class Membership:
         self.qfx0_by_index: F64 = np.zeros(0)
         self.nonempty: I64 = np.zeros(0, dtype=np.int64)  # indices with at least one entry
         self.segment_starts: I64 = np.zeros(0, dtype=np.int64)  # their first CSC position
-        self.index_start: I64 = np.zeros(0, dtype=np.int64)  # each index's first CSC position
+        self.version = 0  # counts rebuilds: derived per-index figures are stale after one
 
     def __len__(self) -> int:
         return len(self.sid)
@@ -159,6 +159,7 @@ class Membership:
 
     def rebuild(self, n_symbols: int, n_indices: int, fx_factor: F64) -> None:
         """Re-sort by (sid, index) and derive rows, counts and FX-converted weights."""
+        self.version += 1
         order = np.lexsort((self.index, self.sid))
         for name in ("sid", "index", "shares", "iwf", "awf", "withholding", "q", "fx_slot"):
             setattr(self, name, getattr(self, name)[order])
@@ -168,8 +169,7 @@ class Membership:
         self.sid_by_index = self.sid[self.by_index]
         self.nonempty = np.flatnonzero(self.count).astype(np.int64)
         ends = np.cumsum(self.count)
-        self.index_start = ends - self.count
-        self.segment_starts = self.index_start[self.nonempty]
+        self.segment_starts = (ends - self.count)[self.nonempty]
         self.refresh_fx(fx_factor)
 
     def refresh_fx(self, fx_factor: F64) -> None:
@@ -190,10 +190,6 @@ class Membership:
         """Entry positions of every row in ``sids``, concatenated (vectorized CSR gather)."""
         starts = self.row_ptr[sids]
         return concatenated_ranges(starts, self.row_ptr[sids + 1] - starts)
-
-    def columns(self, indices: I64) -> I64:
-        """CSC positions of the entries of ``indices``, concatenated."""
-        return concatenated_ranges(self.index_start[indices], self.count[indices])
 
 
 def concatenated_ranges(starts: I64, lengths: I64) -> I64:

@@ -245,6 +245,10 @@ def test_per_tick_path_and_vector_path_agree(steps: list[tuple[str, Any]]) -> No
     np.testing.assert_array_equal(per_tick.divisor, vector.divisor)  # both exact recomputes
     np.testing.assert_allclose(per_tick.sums, vector.sums, rtol=REL, atol=1e-6)
     assert per_tick.series_levels().keys() == vector.series_levels().keys()
+    # The publishing metadata too: newest tick used and staleness per series.
+    assert [(lv.series, lv.source_ts, lv.stale) for lv in per_tick.levels()] == [
+        (lv.series, lv.source_ts, lv.stale) for lv in vector.levels()
+    ]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
