@@ -1,15 +1,19 @@
 """The service's Prometheus metrics, on an injected registry (a fresh one per test).
 
-Names are DESIGN.md's public interface; ``streamer_sum_drift_ratio`` is added for the periodic
-full recompute.  Histograms are fed whole micro-batches at once through :func:`observe_many`,
-because per-tick ``observe`` calls would cost more than the index arithmetic itself.
+Names are DESIGN.md's public interface; ``streamer_sum_drift_ratio`` and
+``streamer_constituents`` are added.  The hot path never touches a metric object: latency
+samples and outcome counts are appended to plain Python buffers, and :meth:`Metrics.flush`
+applies them in bulk (one bucket update per bucket, :func:`observe_many`).  The service flushes
+on a timer and before every scrape, so a scrape always sees every observation; per-tick
+``observe`` calls cost more than the index arithmetic itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 from numpy.typing import ArrayLike
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -23,8 +27,6 @@ FEED_DELAY_BUCKETS = (
     0.0, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     10.0, 30.0, 60.0, 300.0,
 )  # fmt: skip
-# Below this many values, observe_many observes one by one.
-_SMALL = 16
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000)
 
 
@@ -99,14 +101,77 @@ class Metrics:
             registry=r,
         )
 
+        self.tick_to_publish_samples = HistogramBuffer(self.tick_to_publish)
+        self.feed_delay_samples = HistogramBuffer(self.feed_delay)
+        self.batch_size_samples = HistogramBuffer(self.batch_size)
+        self._pending_outcomes: dict[tuple[str, str], int] = {}
+
     def count_outcomes(self, outcomes: Mapping[tuple[str, str], int]) -> None:
-        children = self._tick_children
+        """Add to ``streamer_ticks_total`` (applied by the next :meth:`flush`)."""
+        pending = self._pending_outcomes
         for key, n in outcomes.items():
+            pending[key] = pending.get(key, 0) + n
+
+    def flush(self) -> None:
+        """Apply every buffered observation and count."""
+        pending, self._pending_outcomes = self._pending_outcomes, {}
+        children = self._tick_children
+        for key, n in pending.items():
             if n:
                 child = children.get(key)
                 if child is None:
                     child = children[key] = self.ticks.labels(*key)
                 child.inc(n)
+        self.tick_to_publish_samples.flush()
+        self.feed_delay_samples.flush()
+        self.batch_size_samples.flush()
+
+
+class HistogramBuffer:
+    """Observations waiting for one bulk update of their histogram."""
+
+    __slots__ = ("_counted", "_limit", "_values", "_weighted", "histogram")
+
+    def __init__(self, histogram: Histogram, limit: int = 1 << 16) -> None:
+        self.histogram = histogram
+        self._values: list[float] = []  # observed once each
+        self._weighted: list[tuple[Sequence[float], float]] = []  # samples standing for more
+        self._counted: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]] = []
+        self._limit = limit  # flush early past this many values, to bound the memory held
+
+    def add(self, values: Sequence[float], weight: float = 1.0) -> None:
+        """Observe each of ``values`` (``weight`` times: for a sample standing for more)."""
+        if weight == 1.0:
+            self._values.extend(values)
+        else:
+            self._weighted.append((values, weight))
+        if len(self._values) >= self._limit:
+            self.flush()
+
+    def add_counted(self, values: npt.NDArray[np.float64], counts: npt.NDArray[np.int64]) -> None:
+        """Observe ``values[i]`` ``counts[i]`` times."""
+        self._counted.append((values, counts))
+        if len(self._counted) >= 4096:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._values:
+            values, self._values = self._values, []
+            observe_many(self.histogram, values)
+        if self._weighted:
+            weighted, self._weighted = self._weighted, []
+            observe_many(
+                self.histogram,
+                [v for chunk, _ in weighted for v in chunk],
+                [w for chunk, w in weighted for _ in chunk],
+            )
+        if self._counted:
+            counted, self._counted = self._counted, []
+            observe_many(
+                self.histogram,
+                np.concatenate([values for values, _ in counted]),
+                np.concatenate([counts for _, counts in counted]),
+            )
 
 
 def observe_many(histogram: Histogram, values: ArrayLike, weights: ArrayLike | None = None) -> None:
@@ -115,11 +180,6 @@ def observe_many(histogram: Histogram, values: ArrayLike, weights: ArrayLike | N
     Relies on prometheus-client's internal bucket layout (non-cumulative counters, one per
     upper bound); falls back to per-value ``observe`` if that layout ever changes.
     """
-    if weights is None and isinstance(values, list | tuple) and len(values) <= _SMALL:
-        # A handful of values: numpy's per-call overhead costs more than it saves.
-        for value in values:
-            histogram.observe(float(value))
-        return
     data = np.asarray(values, dtype=np.float64).ravel()
     if data.size == 0:
         return
