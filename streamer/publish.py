@@ -1,11 +1,12 @@
-"""Redis output: one pipeline per publish cycle, and the loop that decides when to publish.
+"""Redis output: one script call per publish cycle, and the loop that decides when to publish.
 
-Per published series ``S`` (prefix ``P``), one cycle writes
-``HSET P:index:S``, ``PUBLISH P:levels`` (JSON with ``"index"``), ``XADD P:history:S MAXLEN ~``,
-plus one ``XADD P:actions`` per applied corporate action, all in a single round trip.  The
-per-series commands run inside one Lua script call: redis-py packs and parses one command
-instead of three per series, which was most of the service's CPU at high publish rates (and
-the cycle is applied atomically, so readers never see half of it).
+Per published series ``S`` (prefix ``P``), one cycle writes ``HSET P:index:S``,
+``PUBLISH P:levels`` (JSON with ``"index"``) and ``XADD P:history:S MAXLEN ~``, plus one
+``XADD P:actions`` per applied corporate action.  All of it runs inside one Lua script call:
+Python packs and parses one command instead of three per series (that was most of the
+service's CPU at high publish rates), and Redis applies the cycle atomically, so readers never
+see half of it.  Cycles go over a :class:`~streamer.redis_pipe.CommandPipe`, so the next one
+is written while earlier ones are still on their way.
 
 :class:`Outbox` sits between the engine side and the publisher: it collects which series
 changed, the audit records and the receipt times of the ticks that fed them.  It conflates by
@@ -20,6 +21,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +34,8 @@ from redis.exceptions import RedisError
 from streamer.engine import AuditRecord, SeriesLevel
 from streamer.errors import StreamerError
 from streamer.ingest import Backoff
-from streamer.metrics import Metrics, observe_many
+from streamer.metrics import Metrics
+from streamer.redis_pipe import CommandPipe, PipeError, Reply, pack
 
 log = logging.getLogger("streamer.publish")
 
@@ -44,24 +47,37 @@ MAX_PENDING_RECEIPTS = 200_000
 
 # With nothing to publish, Redis is pinged this often to notice a restart.
 IDLE_PROBE_S = 1.0
+# Publish cycles written and not yet acknowledged, at most.  Two keep Redis busy while the
+# next cycle is built; more would only queue in Redis while changes could be conflating here.
+PIPELINE_DEPTH = 2
+# A cycle not acknowledged within this long fails the connection (Redis stopped answering).
+ACK_TIMEOUT_S = 2.0
 
 _json = msgspec.json.Encoder()
 
-# ARGV: prefix, maxlen, then one MessagePack array of rows, each row
-# [series id, JSON for the channel, name1, value1, name2, value2, ...] with values as strings:
-# one argument for redis-py to pack instead of hundreds, the numbers keep Python's shortest
-# round-trip formatting, and Lua passes each row's pairs on without rebuilding them.
-PUBLISH_LEVELS_LUA = """
+# ARGV: prefix, maxlen, then two MessagePack arrays: level rows, each
+# [series id, JSON for the channel, name1, value1, name2, value2, ...], and action rows
+# [action id|index, name1, value1, ...], values as strings: one argument to pack instead of
+# hundreds, the numbers keep their shortest round-trip text, and Lua passes each row's pairs on
+# without rebuilding them.  One script call is one cycle: applied atomically, and in order
+# with the others.  An action is written once even if its cycle is sent again (a cycle that
+# timed out may still have been applied): ``P:actions:written`` holds the ones written.
+PUBLISH_CYCLE_LUA = b"""
 local prefix, maxlen = ARGV[1], ARGV[2]
 local channel = prefix .. ':levels'
-local rows = cmsgpack.unpack(ARGV[3])
-for _, row in ipairs(rows) do
+for _, row in ipairs(cmsgpack.unpack(ARGV[3])) do
   redis.call('HSET', prefix .. ':index:' .. row[1], unpack(row, 3))
   redis.call('PUBLISH', channel, row[2])
   redis.call('XADD', prefix .. ':history:' .. row[1], 'MAXLEN', '~', maxlen, '*',
              unpack(row, 3))
 end
-return #rows
+local actions = prefix .. ':actions'
+for _, row in ipairs(cmsgpack.unpack(ARGV[4])) do
+  if redis.call('SADD', actions .. ':written', row[1]) == 1 then
+    redis.call('XADD', actions, 'MAXLEN', '~', maxlen, '*', unpack(row, 2))
+  end
+end
+return 1
 """
 _msgpack = msgspec.msgpack.Encoder()
 
@@ -113,34 +129,55 @@ def _number(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def level_fields(level: SeriesLevel, seq: int, publish_ns: int) -> dict[str, Any]:
-    """The published fields of one series (hash, channel and stream share them)."""
-    return {
-        "level": _number(level.level),
-        "divisor": _number(level.divisor),
-        "ts": publish_ns,
-        "source_ts": level.source_ts,
-        "seq": seq,
-        "prev_close": _number(level.prev_close),
-        "change": _number(level.change),
-        "change_pct": _number(level.change_pct),
-        "stale": level.stale,
-        "coverage": _number(level.coverage),
-    }
-
-
 LEVEL_FIELD_NAMES = (
     "level",
     "divisor",
-    "ts",
-    "source_ts",
-    "seq",
+    "ts",  # publish time, UTC ns
+    "source_ts",  # newest tick used, UTC ns
+    "seq",  # per-series publish counter
     "prev_close",
     "change",
     "change_pct",
     "stale",
     "coverage",
 )
+# The P:levels message: the same fields plus the series id, which needs no JSON escaping
+# ([A-Za-z0-9._-], checked when the config is loaded).
+_MESSAGE_PARTS: list[str] = []  # ['{"level":', value, ',"divisor":', value, ..., '"}']
+for _k, _name in enumerate(LEVEL_FIELD_NAMES):
+    _MESSAGE_PARTS += ("{" if _k == 0 else ",") + f'"{_name}":', ""
+_MESSAGE_PARTS += ',"index":"', "", '"}'
+
+
+def level_texts(level: SeriesLevel, seq: int, publish_ns: int) -> tuple[str, list[str]]:
+    """The ``P:levels`` JSON message of one series and its hash/stream values as Redis
+    strings (in LEVEL_FIELD_NAMES order).
+
+    Numbers are msgspec's shortest round-trip text, all ten in one C call (``repr`` per float
+    was most of a publish cycle); an unknown (NaN) value is ``null`` in JSON and "" in Redis.
+    """
+    text = _json.encode(
+        (
+            level.level,
+            level.divisor,
+            publish_ns,
+            level.source_ts,
+            seq,
+            level.prev_close,
+            level.change,
+            level.change_pct,
+            level.stale,
+            level.coverage,
+        )
+    ).decode()[1:-1]
+    values = text.split(",")
+    parts = _MESSAGE_PARTS.copy()
+    parts[1:-3:2] = values
+    parts[-2] = level.series
+    message = "".join(parts)
+    if "null" in text:
+        values = text.replace("null", "").split(",")
+    return message, values
 
 
 def audit_fields(record: AuditRecord, publish_ns: int) -> dict[str, Any]:
@@ -158,18 +195,22 @@ def audit_fields(record: AuditRecord, publish_ns: int) -> dict[str, Any]:
     }
 
 
-def _text(value: str | int | float) -> str:
-    # What redis-py would send for the value: repr of floats (shortest round trip), str else.
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def _redis_mapping(fields: dict[str, Any]) -> dict[str, str | int | float]:
-    # Redis stores strings; an unknown value (NaN before a previous close exists) is "".
-    return {k: ("" if v is None else v) for k, v in fields.items()}
+def audit_row(record: AuditRecord, publish_ns: int) -> list[str]:
+    """The action's key, then its ``P:actions`` fields as Redis strings: name, value, ...
+    ("" for an unknown value)."""
+    row = [f"{record.action_id}|{record.index}"]  # written once per action and index
+    for name, value in audit_fields(record, publish_ns).items():
+        row.append(name)
+        row.append("" if value is None else repr(value) if isinstance(value, float) else str(value))
+    return row
 
 
 class RedisPublisher:
-    """Writes levels and audit records for one key prefix; one pipeline per call."""
+    """Writes publish cycles (levels and audit records) for one key prefix.
+
+    Each cycle is one script call on a :class:`CommandPipe`, so a cycle can be written while
+    earlier ones are still on their way; Redis applies them in order.
+    """
 
     def __init__(
         self,
@@ -184,16 +225,11 @@ class RedisPublisher:
         self._clock = clock
         self._seq: dict[str, int] = {}
         self._seq_loaded = False
-        self.levels_channel = f"{prefix}:levels"
-        self.actions_stream = f"{prefix}:actions"
-        # redis-py runs it by EVALSHA and reloads it after a Redis restart (NOSCRIPT).
-        self._publish_levels = client.register_script(PUBLISH_LEVELS_LUA)
+        self._pipe = CommandPipe(client, clock)
+        self._command_head = b""  # EVALSHA sha 0 prefix maxlen, packed
 
     def index_key(self, series: str) -> str:
         return f"{self.prefix}:index:{series}"
-
-    def history_key(self, series: str) -> str:
-        return f"{self.prefix}:history:{series}"
 
     async def load_sequences(self, series: Sequence[str]) -> None:
         """Continue each series' ``seq`` from what a previous run left in Redis."""
@@ -209,69 +245,100 @@ class RedisPublisher:
                 self._seq[s] = max(self._seq.get(s, 0), int(value))
         self._seq_loaded = True
 
+    async def send(
+        self, levels: Sequence[SeriesLevel], audit: Sequence[AuditRecord] = ()
+    ) -> asyncio.Future[Reply]:
+        """Write one cycle without waiting for Redis; the future resolves when Redis has
+        applied it (its ``received_ns`` is the acknowledgement time)."""
+        try:
+            if not self._pipe.is_open:
+                await self._open()
+            publish_ns = self._clock()
+            levels_blob = self._levels_blob(levels, publish_ns)
+            audit_blob = _msgpack.encode([audit_row(r, publish_ns) for r in audit])
+            tail = b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+                len(levels_blob),
+                levels_blob,
+                len(audit_blob),
+                audit_blob,
+            )
+            return await self._pipe.send(self._command_head + tail)
+        except PipeError as exc:
+            raise PublishError(str(exc)) from exc
+
     async def publish(
         self, levels: Sequence[SeriesLevel], audit: Sequence[AuditRecord] = ()
     ) -> int:
-        """Write one cycle; returns the acknowledgement time (clock ns)."""
+        """Write one cycle and wait for Redis; returns the acknowledgement time (clock ns)."""
         if not levels and not audit:
             return self._clock()
-        publish_ns = self._clock()
+        ack = await self.send(levels, audit)
         try:
-            if audit:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    await self._queue_cycle(pipe, levels, audit, publish_ns)
-                    await pipe.execute()
-            else:
-                # A pipeline would ask SCRIPT EXISTS first on every execute: one more round trip.
-                await self._publish_levels(keys=[], args=self._levels_args(levels, publish_ns))
-        except (RedisError, OSError) as exc:
-            raise PublishError(str(exc) or type(exc).__name__) from exc
-        return self._clock()
+            return (await ack).received_ns
+        except PipeError as exc:
+            raise PublishError(str(exc)) from exc
 
-    async def _queue_cycle(
-        self,
-        pipe: Any,
-        levels: Sequence[SeriesLevel],
-        audit: Sequence[AuditRecord],
-        publish_ns: int,
-    ) -> None:
-        if levels:
-            args = self._levels_args(levels, publish_ns)
-            await self._publish_levels(keys=[], args=args, client=pipe)
-        for record in audit:
-            pipe.xadd(
-                self.actions_stream,
-                _redis_mapping(audit_fields(record, publish_ns)),
-                maxlen=self.history_maxlen,
-                approximate=True,
-            )
+    async def _open(self) -> None:
+        # The script is loaded on every new connection: a restarted Redis has forgotten it.
+        await self._pipe.open()
+        reply = await self._pipe.call(pack(b"SCRIPT", b"LOAD", PUBLISH_CYCLE_LUA))
+        sha = reply.value if isinstance(reply.value, bytes) else reply.value.encode()
+        head = pack(
+            b"EVALSHA",
+            sha,
+            b"0",
+            self.prefix.encode(),
+            str(self.history_maxlen).encode(),
+        )
+        # The blobs of each cycle follow: the array header counts them (7 arguments in all).
+        self._command_head = b"*7\r\n" + head.removeprefix(b"*5\r\n")
 
-    def _levels_args(self, levels: Sequence[SeriesLevel], publish_ns: int) -> list[Any]:
+    def abort(self, reason: str) -> None:
+        """Fail the cycles in flight (Redis stopped answering); the next send reconnects."""
+        self._pipe.abort(reason)
+
+    async def close(self) -> None:
+        await self._pipe.close()
+
+    def _levels_blob(self, levels: Sequence[SeriesLevel], publish_ns: int) -> bytes:
         rows = []
+        seqs = self._seq
         for level in levels:
-            seq = self._seq.get(level.series, 0) + 1
-            self._seq[level.series] = seq
-            fields = level_fields(level, seq, publish_ns)
-            mapping = _redis_mapping(fields)
-            fields["index"] = level.series
-            row: list[str] = [level.series, _json.encode(fields).decode()]
-            for name in LEVEL_FIELD_NAMES:
-                row.append(name)
-                row.append(_text(mapping[name]))
+            seq = seqs[level.series] = seqs.get(level.series, 0) + 1
+            row = _ROW_TEMPLATE.copy()  # [series, JSON, name, value, name, value, ...]
+            row[0] = level.series
+            row[1], row[3::2] = level_texts(level, seq, publish_ns)
             rows.append(row)
-        return [self.prefix, self.history_maxlen, _msgpack.encode(rows)]
+        return _msgpack.encode(rows)
+
+
+_ROW_TEMPLATE: list[str | None] = [None, None]
+for _name in LEVEL_FIELD_NAMES:
+    _ROW_TEMPLATE += (_name, None)
 
 
 LevelSource = Callable[[Iterable[str] | None], list[SeriesLevel]]
 
 
+@dataclass(slots=True)
+class InFlight:
+    """A cycle written to Redis and not yet acknowledged."""
+
+    ack: asyncio.Future[Reply]
+    levels: list[SeriesLevel]
+    audit: list[AuditRecord]
+    receipts: list[int]
+
+
 class PublishLoop:
     """Decides when to publish and what, and rides out Redis outages.
 
-    ``interval_ms == 0``: every series that changed, once per micro-batch (or per cycle, when
-    Redis is slower than the engine).  ``interval_ms > 0``: every series with a level on a fixed
-    timer, as official indices disseminate.  On failure: count the error, probe with backoff,
-    then publish every series' latest level once (no backlog replay).
+    ``interval_ms == 0``: every series that changed, once per micro-batch.  A cycle is written
+    as soon as it is ready, up to PIPELINE_DEPTH unacknowledged ones (Redis applies them in
+    order); beyond that, changes accumulate in the outbox and go out together (conflated).
+    ``interval_ms > 0``: every series with a level on a fixed timer, as official indices
+    disseminate.  On failure: count the error, probe with backoff, then publish every series'
+    latest level once (no backlog replay); audit records of failed cycles are kept.
     """
 
     def __init__(
@@ -295,6 +362,8 @@ class PublishLoop:
         self.connected = False
         self.cycles = 0
         self._resync = True  # the first cycle publishes everything known
+        self._in_flight: deque[InFlight] = deque()
+        self.last_published: dict[str, float] = {}  # series -> level of its last publish
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -312,14 +381,100 @@ class PublishLoop:
                     delay = next_at - loop.time()
                 await asyncio.sleep(delay)
                 await self.cycle(everything=True)
-            else:
-                try:
-                    async with asyncio.timeout(IDLE_PROBE_S):
-                        await self.outbox.event.wait()
-                except TimeoutError:
+                continue
+            if len(self._in_flight) >= PIPELINE_DEPTH:
+                await self._await_oldest()
+                continue
+            try:
+                async with asyncio.timeout(IDLE_PROBE_S):
+                    await self.outbox.event.wait()
+            except TimeoutError:
+                if self._in_flight:
+                    await self._await_oldest()  # still unanswered after a second: check it
+                else:
                     await self._probe()
-                    continue
-                await self.cycle()
+                continue
+            if self.connected:
+                await self._start_cycle()
+
+    async def cycle(self, everything: bool = False) -> bool:
+        """Publish what is due now and wait until Redis has acknowledged it (and every cycle
+        before it); False when Redis failed (the loop then reconnects)."""
+        await self._start_cycle(everything)
+        while self._in_flight and self.connected:
+            await self._await_oldest()
+        return self.connected
+
+    async def _start_cycle(self, everything: bool = False) -> None:
+        dirty, audit, receipts = self.outbox.take()
+        everything = everything or self._resync
+        levels = self._levels(None if everything else dirty)
+        if not levels and not audit:
+            return
+        try:
+            ack = await self.publisher.send(levels, audit)
+        except asyncio.CancelledError:
+            # Stopped mid-cycle (shutdown): the final cycle must still write these records.
+            self.outbox.restore_audit(audit)
+            raise
+        except PublishError as exc:
+            self._failed(audit, exc)
+            return
+        self._resync = False
+        self._in_flight.append(InFlight(ack, levels, audit, receipts))
+        ack.add_done_callback(self._settle)
+
+    def _settle(self, _: object = None) -> None:
+        """Account for every acknowledged cycle, oldest first (acks arrive in order)."""
+        in_flight = self._in_flight
+        while in_flight and in_flight[0].ack.done():
+            cycle = in_flight.popleft()
+            error = cycle.ack.exception() if not cycle.ack.cancelled() else PipeError("cancelled")
+            if error is not None:
+                # The pipe fails all its cycles at once: these are every one still in flight.
+                failed = [cycle, *in_flight]
+                in_flight.clear()
+                for other in failed:  # retrieve every failure: none is left unobserved
+                    if other.ack.done() and not other.ack.cancelled():
+                        other.ack.exception()
+                self._failed([record for c in failed for record in c.audit], error)
+                return
+            self._acknowledged(cycle, cycle.ack.result().received_ns)
+
+    def _acknowledged(self, cycle: InFlight, ack_ns: int) -> None:
+        self.connected = True
+        self.cycles += 1
+        receipts = cycle.receipts
+        if len(receipts) > 64:
+            # The ticks of one batched message share its receipt time: one sample per message.
+            stamps, counts = np.unique(
+                np.fromiter(receipts, np.int64, len(receipts)), return_counts=True
+            )
+            self._metrics.tick_to_publish_samples.add_counted((ack_ns - stamps) / 1e9, counts)
+        elif receipts:
+            self._metrics.tick_to_publish_samples.add([(ack_ns - r) / 1e9 for r in receipts])
+        # The level gauges are set from here on the service's gauge timer, not per cycle.
+        for level in cycle.levels:
+            self.last_published[level.series] = level.level
+
+    def _failed(self, audit: list[AuditRecord], error: BaseException) -> None:
+        self._metrics.redis_errors.inc()
+        self.outbox.restore_audit(audit)
+        # Levels are not queued: the next successful cycle republishes every series.
+        self._resync = True
+        if self.connected:
+            log.warning("redis publish failed", extra={"fields": {"error": str(error)}})
+        self.connected = False
+        self.outbox.event.set()  # wake the loop: it reconnects
+
+    async def _await_oldest(self) -> None:
+        """Wait for the oldest cycle's acknowledgement; give up on Redis past the timeout."""
+        oldest = self._in_flight[0].ack
+        done, _ = await asyncio.wait([oldest], timeout=ACK_TIMEOUT_S)
+        if not done:
+            self.publisher.abort(f"no reply within {ACK_TIMEOUT_S} s")
+        await asyncio.sleep(0)  # the acknowledgement callbacks run before we go on
+        self._settle()
 
     async def _probe(self) -> None:
         # Without changes nothing is written, so a Redis restart (which loses every key) would
@@ -357,39 +512,3 @@ class PublishLoop:
 
     def _all_series(self) -> list[str]:
         return [level.series for level in self._levels(None)]
-
-    async def cycle(self, everything: bool = False) -> bool:
-        """Publish what is due now; False when Redis failed (the loop then reconnects)."""
-        dirty, audit, receipts = self.outbox.take()
-        everything = everything or self._resync
-        levels = self._levels(None if everything else dirty)
-        if not levels and not audit:
-            return True
-        try:
-            ack_ns = await self.publisher.publish(levels, audit)
-        except asyncio.CancelledError:
-            # Stopped mid-cycle (shutdown): the final cycle must still write these records.
-            self.outbox.restore_audit(audit)
-            raise
-        except PublishError as exc:
-            self._metrics.redis_errors.inc()
-            self.outbox.restore_audit(audit)
-            # Levels are not queued: the next successful cycle republishes every series.
-            self._resync = True
-            if self.connected:
-                log.warning("redis publish failed", extra={"fields": {"error": str(exc)}})
-            self.connected = False
-            return False
-        self._resync = False
-        self.connected = True
-        self.cycles += 1
-        if len(receipts) <= 16:
-            observe_many(self._metrics.tick_to_publish, [(ack_ns - r) / 1e9 for r in receipts])
-        else:
-            latency_s = (ack_ns - np.asarray(receipts, dtype=np.int64)) / 1e9
-            observe_many(self._metrics.tick_to_publish, latency_s)
-        for level in levels:
-            if math.isfinite(level.level):
-                self._metrics.index_level.labels(level.series).set(level.level)
-            self._metrics.stale_constituents.labels(level.series).set(level.stale)
-        return True

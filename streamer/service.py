@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import numpy as np
 import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.backoff import NoBackoff
@@ -38,7 +39,7 @@ from streamer.ingest import (
     ThrottledLog,
     TickQueue,
 )
-from streamer.metrics import Metrics, observe_many
+from streamer.metrics import Metrics
 from streamer.publish import Outbox, PublishLoop, RedisPublisher
 from streamer.wire import Tick
 
@@ -48,7 +49,7 @@ SHUTDOWN_DEADLINE_S = 4.0
 ADVANCE_INTERVAL_S = 0.1
 GAUGE_REFRESH_S = 1.0
 # Feed delay is a distribution: past this many ticks per batch it is estimated from a sample.
-FEED_DELAY_SAMPLE = 2048
+FEED_DELAY_SAMPLE = 64
 
 
 def redis_client(settings: RedisSettings) -> aioredis.Redis:
@@ -80,6 +81,7 @@ class Service:
         self.clock = clock
         self.handle_signals = handle_signals
         self.metrics = Metrics(registry)
+        self.metrics.queue_depth.set_function(lambda: len(self.queue) + len(self.inbox))
         self.engine = Engine(settings.indices, settings.quality, clock=clock)
         self.inbox = RawInbox(settings.mqtt.max_payload_bytes, clock)
         self._bad_input = ThrottledLog(logging.getLogger("streamer.input"))
@@ -152,6 +154,7 @@ class Service:
                     loop.remove_signal_handler(sig)
             server.close()
             with contextlib.suppress(Exception):
+                await self.publisher.close()
                 await self.redis.aclose()
         log.info("service stopped", extra={"fields": {"ticks_applied": self.ticks_applied}})
 
@@ -219,7 +222,7 @@ class Service:
         ticks, receipts = self.queue.take(self.batch_max)
         conflated = self.queue.take_conflated()
         if conflated:
-            self.metrics.ticks.labels(CONFLATED, "queue_full").inc(conflated)
+            self.metrics.count_outcomes({(CONFLATED, "queue_full"): conflated})
             self._bad_input.warning(
                 CONFLATED,
                 "tick queue full, conflated to the latest price per symbol",
@@ -228,9 +231,9 @@ class Service:
         if rejected:
             self.metrics.count_outcomes({("rejected", r): n for r, n in rejected.items()})
         if not (ticks or inbound.fx or inbound.actions or inbound.references):
-            self.metrics.queue_depth.set(len(self.queue) + len(self.inbox))
             return None
-        received_ns = max(receipts) if receipts else (inbound.newest_receipt_ns or self.clock())
+        # Receipts are in arrival order: the last is the newest.
+        received_ns = receipts[-1] if receipts else (inbound.newest_receipt_ns or self.clock())
         result = self.engine.apply(
             ticks=ticks,
             fx=inbound.fx,
@@ -240,10 +243,9 @@ class Service:
         )
         if ticks:
             self.ticks_applied += len(ticks)
-            self.metrics.batch_size.observe(len(ticks))
+            self.metrics.batch_size_samples.add([len(ticks)])
             self._observe_feed_delay(ticks, receipts)
         self._handle_result(result, receipts)
-        self.metrics.queue_depth.set(len(self.queue) + len(self.inbox))
         return result
 
     def _handle_result(self, result: BatchResult, receipts: list[int]) -> None:
@@ -274,18 +276,18 @@ class Service:
 
     def _observe_feed_delay(self, ticks: list[Tick], receipts: list[int]) -> None:
         n = len(ticks)
-        if n <= 16:
+        if n <= FEED_DELAY_SAMPLE:
             delays = [(r - t.ts) / 1e9 for t, r in zip(ticks, receipts, strict=True) if t.ts]
-            observe_many(self.metrics.feed_delay, delays)
+            self.metrics.feed_delay_samples.add(delays)
             return
-        stride = max(1, n // FEED_DELAY_SAMPLE)
-        sample = ticks[::stride]
-        stamped = np.fromiter((-1 if t.ts is None else t.ts for t in sample), np.int64, len(sample))
-        received = np.asarray(receipts[::stride], dtype=np.int64)
-        known = stamped >= 0
-        if known.any():
-            delay_s = (received[known] - stamped[known]) / 1e9
-            observe_many(self.metrics.feed_delay, delay_s, np.full(delay_s.shape, float(stride)))
+        # A distribution: past FEED_DELAY_SAMPLE ticks per batch, a sample stands for the rest.
+        stride = n // FEED_DELAY_SAMPLE
+        delays = [
+            (r - t.ts) / 1e9
+            for t, r in zip(ticks[::stride], receipts[::stride], strict=True)
+            if t.ts
+        ]
+        self.metrics.feed_delay_samples.add(delays, weight=float(stride))
 
     # ------------------------------------------------------------------ timers
 
@@ -299,9 +301,14 @@ class Service:
             if loop.time() >= next_gauges:
                 next_gauges = loop.time() + GAUGE_REFRESH_S
                 self._refresh_gauges()
+                self.metrics.flush()
 
     def _refresh_gauges(self) -> None:
-        # Staleness grows without ticks, so it is refreshed on a timer, not only on publish.
+        # On a timer rather than per publish cycle: Prometheus scrapes every few seconds, and
+        # staleness grows without ticks (when nothing is published).
+        for series, published in self.publish_loop.last_published.items():
+            if math.isfinite(published):
+                self.metrics.index_level.labels(series).set(published)
         for level in self.engine.levels():
             self.metrics.stale_constituents.labels(level.series).set(level.stale)
             self.metrics.constituents.labels(level.series).set(level.constituents)
@@ -373,6 +380,7 @@ class Service:
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", text, b"method not allowed\n"
         if path == "/metrics":
+            self.metrics.flush()
             return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
         if path == "/healthz":
             return "200 OK", text, b"ok\n"
@@ -395,7 +403,12 @@ def run_service(settings: Settings) -> int:
         pass
 
     async def main() -> None:
-        await Service(settings).run()
+        service = Service(settings)
+        # The universe, the engine's arrays and the imported modules live as long as the
+        # process: out of the collector's way, a collection only walks what is young.
+        gc.collect()
+        gc.freeze()
+        await service.run()
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
