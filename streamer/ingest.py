@@ -332,10 +332,11 @@ class PublishSplitter:
 
     def recv(self, size: int) -> bytes:
         while not self._to_paho:
+            buffered = bool(self._inner_pending and self._inner_pending())
             # Back-pressure: with the consumer behind, leave the bytes in the kernel (and the
             # broker) and let the event loop run.  Only when nothing is buffered in user space
             # by TLS, so the socket becoming readable again is what resumes us.
-            if self._inbox.is_full() and not (self._inner_pending and self._inner_pending()):
+            if self._inbox.is_full() and not buffered:
                 raise BlockingIOError
             data: bytes = self._sock.recv(_RECV_CHUNK)
             if not data:
@@ -344,6 +345,10 @@ class PublishSplitter:
                 self._frame(data)
             else:
                 self._to_paho += data
+            if not self._to_paho and len(data) < _RECV_CHUNK and not self.pending():
+                # Most likely all there was: leave the next read to the next readable event
+                # rather than spend a system call to hear EAGAIN.
+                raise BlockingIOError
         chunk = bytes(self._to_paho[:size])
         del self._to_paho[:size]
         return chunk

@@ -13,6 +13,7 @@ latency step stamps every message with the time it leaves (``ts``) and a sequenc
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ _POOL_TICKS = 20_000  # single-tick packets in a pool (cycled)
 _POOL_BATCHES = 64  # batch packets in a pool
 _POOL_SPAN_S = 60.0  # trading seconds a pool's price path covers: a few basis points of moves
 _MAX_BURST = 2_000  # packets per write at most
+LOAD_GENERATOR_NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,10 @@ def _paced(rate: float, duration_s: float, send: Callable[[int], None]) -> tuple
 
 def publisher_process(conn: Connection, endpoint: BrokerEndpoint, universe: FeedUniverse) -> None:
     """Process entry point: connect, say ``ready``, then answer each command with ``Sent``."""
+    # The load generator yields the CPU to the system under test (service, broker, Redis):
+    # on a small machine it would otherwise preempt them and its own scheduling would show
+    # up as their latency.  Its achieved rate is measured, so a starved publisher shows.
+    os.nice(LOAD_GENERATOR_NICENESS)
     worker = BenchPublisher(endpoint, universe)
     try:
         worker.publisher.connect()
