@@ -17,6 +17,9 @@ the demo universe (or ``--config``), a publisher in its own process, a Redis sub
 4. Peak RSS of the service (``VmHWM``).
 5. The ceiling: the service is stopped and a paho-mqtt callback consumer that only receives
    and decodes takes its place; step 1 is repeated against it, and our ratio printed.
+6. The latency floor: a bare forwarder (asyncio protocols, one Redis PUBLISH per tick, no
+   engine) takes the service's place and step 3 is repeated: the latency this machine, the
+   broker and Redis cost before any index arithmetic.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from streamer.tools.bench_workers import (
     Sent,
     Throughput,
     ceiling_consumer_process,
+    latency_floor_process,
     publisher_process,
 )
 from streamer.tools.feed import FeedUniverse
@@ -86,7 +90,7 @@ class BenchError(StreamerError):
     """The benchmark could not run (a process failed to start or died)."""
 
 
-PHASES = ("single", "batch", "latency", "ceiling")
+PHASES = ("single", "batch", "latency", "ceiling", "floor")
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,7 @@ class E2eReport:
     latency: LatencyFigures
     service_peak_rss_mb: float | None
     ceiling: RateSearch
+    floor: LatencyFigures
 
     @property
     def ratio_to_ceiling(self) -> float | None:
@@ -222,6 +227,7 @@ class E2eReport:
             "service_peak_rss_mb": _round(self.service_peak_rss_mb, 1),
             "ceiling": self.ceiling.to_json(),
             "ratio_to_ceiling": _round(self.ratio_to_ceiling, 3),
+            "latency_floor": asdict(self.floor),
             "targets": self.targets(),
         }
 
@@ -261,7 +267,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only",
         metavar="PHASES",
-        help="comma-separated subset of the phases: single,batch,latency,ceiling",
+        help="comma-separated subset of the phases: " + ",".join(PHASES),
     )
     parser.add_argument(
         "--latency-seconds",
@@ -320,6 +326,30 @@ class PublisherHandle:
             self._process.terminate()
             self._process.join(timeout=5.0)
         self._conn.close()
+
+
+@contextmanager
+def latency_floor(endpoint: BrokerEndpoint, redis_port: int, channel: str) -> Iterator[None]:
+    """Runs the bare forwarder (see ``latency_floor_process``) in place of the service."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    process = ctx.Process(
+        target=latency_floor_process,
+        args=(endpoint, redis_port, channel, ready, stop),
+        name="bench-floor",
+        daemon=True,
+    )
+    process.start()
+    try:
+        if not ready.wait(30.0):
+            raise BenchError("the latency floor forwarder did not subscribe")
+        yield
+    finally:
+        stop.set()
+        process.join(timeout=5.0)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=5.0)
 
 
 @contextmanager
@@ -608,6 +638,12 @@ class E2eBench:
                         lambda r: ceiling_runner.measure("ceiling (paho consumer)", r, 1, "json"),
                         plan.single_start,
                     )
+            floor = LatencyFigures(rate=plan.latency_rate, duration_s=plan.latency_s)
+            if "floor" in plan.phases:
+                channel = f"{self.settings.redis.prefix}:levels"
+                self.say(f"latency floor at {plan.latency_rate:,.0f} ticks/s")
+                with latency_floor(endpoint, redis_server.port, channel):
+                    floor = self._tap_latency(publisher, redis_server.url)
             return E2eReport(
                 quick=quick,
                 machine=_machine(),
@@ -617,6 +653,7 @@ class E2eBench:
                 latency=latency,
                 service_peak_rss_mb=rss / 2**20 if rss else None,
                 ceiling=ceiling,
+                floor=floor,
             )
 
     def _search(self, label: str, measure: Callable[[float], RateStep], start: float) -> RateSearch:
@@ -647,7 +684,6 @@ class E2eBench:
     def _latency(self, publisher: PublisherHandle, redis_url: str, metrics: str) -> LatencyFigures:
         plan = self.plan
         self.say(f"latency at {plan.latency_rate:,.0f} ticks/s")
-        figures = LatencyFigures(rate=plan.latency_rate, duration_s=plan.latency_s)
 
         def published_receipts() -> int | None:
             try:
@@ -658,17 +694,24 @@ class E2eBench:
 
         # Earlier phases' ticks all published: a clean window.
         settle(published_receipts, quiet_s=plan.quiet_s)
+        histogram_before = scrape(metrics).histogram("streamer_tick_to_publish_seconds")
+        figures = self._tap_latency(publisher, redis_url)
+        histogram = scrape(metrics).histogram("streamer_tick_to_publish_seconds")
+        figures.service_ms = _histogram_ms(histogram.minus(histogram_before))
+        return figures
+
+    def _tap_latency(self, publisher: PublisherHandle, redis_url: str) -> LatencyFigures:
+        """Paced single-tick messages; producer stamp to receipt of each ``P:levels`` message."""
+        plan = self.plan
+        figures = LatencyFigures(rate=plan.latency_rate, duration_s=plan.latency_s)
         tap = LevelsTap(redis_url, f"{self.settings.redis.prefix}:levels").start()
         try:
-            histogram_before = scrape(metrics).histogram("streamer_tick_to_publish_seconds")
             sent = publisher.call(Latency(plan.latency_rate, plan.latency_s))
             time.sleep(0.5)  # the last levels on their way
         finally:
             tap.stop()
-        histogram = scrape(metrics).histogram("streamer_tick_to_publish_seconds")
         figures.ticks = sent.ticks
         figures.end_to_end_ms = _percentiles_ms(tap.latencies_ns(since_ts=sent.first_ts))
-        figures.service_ms = _histogram_ms(histogram.minus(histogram_before))
         return figures
 
     def _universe_summary(self) -> dict[str, Any]:
@@ -781,6 +824,13 @@ def report_table(report: E2eReport) -> Table:
     table.add_row(
         f"service receipt→Redis ack p50 / p99 / p99.9 at {rate}/s (ms)",
         f"{_fmt_ms(svc.get('p50'))} / {_fmt_ms(svc.get('p99'))} / {_fmt_ms(svc.get('p999'))}",
+        "",
+        "",
+    )
+    floor = report.floor.end_to_end_ms
+    table.add_row(
+        f"floor: bare forwarder, tick→subscriber p50 / p99 / p99.9 at {rate}/s (ms)",
+        f"{_fmt_ms(floor.get('p50'))} / {_fmt_ms(floor.get('p99'))} / {_fmt_ms(floor.get('p999'))}",
         "",
         "",
     )

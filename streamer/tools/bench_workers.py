@@ -1,4 +1,4 @@
-"""The benchmark's helper processes: a paced publisher, and the ceiling consumer.
+"""The benchmark's helper processes: a paced publisher, the ceiling consumer, the latency floor.
 
 Both run in their own process (multiprocessing, spawn) so that the process under test never
 shares an interpreter, a GIL or a core with the load generator.
@@ -26,10 +26,16 @@ import msgspec
 import numpy as np
 
 from streamer.tools.feed import FeedUniverse, GbmMarket
-from streamer.tools.mqtt_publisher import BrokerEndpoint, MqttPublisher, publish_packet
+from streamer.tools.mqtt_publisher import (
+    BrokerEndpoint,
+    MqttPublisher,
+    connect_packet,
+    encode_remaining_length,
+    publish_packet,
+)
 from streamer.tools.pacing import Pacer
 from streamer.tools.tick_encoding import BATCH_TOPIC, PayloadFormat, TickEncoder, topic_for
-from streamer.wire import DECODERS, FxRate, encode
+from streamer.wire import DECODERS, FxRate, Tick, encode
 
 _POOL_TICKS = 20_000  # single-tick packets in a pool (cycled)
 _POOL_BATCHES = 64  # batch packets in a pool
@@ -245,3 +251,77 @@ def ceiling_consumer_process(
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def latency_floor_process(
+    endpoint: BrokerEndpoint, redis_port: int, channel: str, ready: Event, stop: Event
+) -> None:
+    """The latency floor: the least a Python service can do between the broker and Redis.
+
+    Subscribes to ``ticks/#`` over a bare asyncio protocol (uvloop), frames each PUBLISH,
+    decodes the tick and immediately PUBLISHes ``{"index": "floor", "source_ts": ts}`` to
+    ``channel``: no engine, no script, no hash or stream.  Its tick-to-subscriber latency is
+    what the machine, the broker and Redis cost before any index arithmetic.
+    """
+    import asyncio
+
+    import uvloop
+
+    decode = msgspec.json.Decoder(Tick).decode
+    head = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n" % (len(channel), channel.encode())
+
+    class RedisSide(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: Any = transport
+
+        def data_received(self, data: bytes) -> None:  # the PUBLISH replies: ignored
+            pass
+
+    class BrokerSide(asyncio.Protocol):
+        def __init__(self, redis: RedisSide) -> None:
+            self.redis = redis
+            self.buffer = bytearray()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            writer: Any = transport
+            client_id = "streamer-bench-floor"
+            writer.write(connect_packet(client_id, endpoint.username, endpoint.password))
+            topic = b"ticks/#"
+            body = b"\x00\x01" + len(topic).to_bytes(2, "big") + topic + b"\x00"
+            writer.write(b"\x82" + encode_remaining_length(len(body)) + body)
+
+        def data_received(self, data: bytes) -> None:
+            buf = self.buffer
+            buf += data
+            out = []
+            pos = 0
+            while pos + 2 <= len(buf):
+                length, shift, i = 0, 0, pos + 1
+                while i < len(buf) and buf[i] & 0x80:
+                    length |= (buf[i] & 0x7F) << shift
+                    shift, i = shift + 7, i + 1
+                if i >= len(buf):
+                    break
+                length |= buf[i] << shift
+                end = i + 1 + length
+                if end > len(buf):
+                    break
+                if buf[pos] & 0xF0 == 0x30:  # PUBLISH (QoS 0)
+                    topic_end = i + 3 + ((buf[i + 1] << 8) | buf[i + 2])
+                    tick = decode(bytes(buf[topic_end:end]))
+                    body = b'{"index":"floor","source_ts":%d}' % (tick.ts or time.time_ns())
+                    out.append(head + b"$%d\r\n%s\r\n" % (len(body), body))
+                elif buf[pos] == 0x90:  # SUBACK
+                    ready.set()
+                pos = end
+            del buf[:pos]
+            if out:
+                self.redis.transport.write(b"".join(out))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        _, redis = await loop.create_connection(RedisSide, "127.0.0.1", redis_port)
+        await loop.create_connection(lambda: BrokerSide(redis), endpoint.host, endpoint.port)
+        await loop.run_in_executor(None, stop.wait)
+
+    uvloop.run(main())

@@ -24,6 +24,9 @@ def test_quick_benchmark_produces_its_json() -> None:
     assert latency["ticks"] > 0
     assert latency["end_to_end_ms"]["samples"] > 0 and latency["end_to_end_ms"]["p50"] > 0
     assert latency["service_ms"]["samples"] > 0
+    # The floor forwarder published a level for the paced ticks, each carrying its stamp.
+    floor = report["latency_floor"]
+    assert floor["ticks"] > 0 and floor["end_to_end_ms"]["samples"] >= floor["ticks"] * 0.9
     assert report["service_peak_rss_mb"] > 10
     assert set(report["targets"]) == {
         "single_json_ticks_per_s", "ratio_to_ceiling", "batch_msgpack_ticks_per_s",
