@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,20 +329,16 @@ class PublisherHandle:
 
 
 @contextmanager
-def latency_floor(endpoint: BrokerEndpoint, redis_port: int, channel: str) -> Iterator[None]:
-    """Runs the bare forwarder (see ``latency_floor_process``) in place of the service."""
+def helper_process(name: str, target: Callable[..., None], *args: Any) -> Iterator[None]:
+    """Runs ``target(*args, ready, stop)`` in a process of its own, from its ``ready`` (it is
+    subscribed) until the block ends (``stop``)."""
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
-    process = ctx.Process(
-        target=latency_floor_process,
-        args=(endpoint, redis_port, channel, ready, stop),
-        name="bench-floor",
-        daemon=True,
-    )
+    process = ctx.Process(target=target, args=(*args, ready, stop), name=name, daemon=True)
     process.start()
     try:
         if not ready.wait(30.0):
-            raise BenchError("the latency floor forwarder did not subscribe")
+            raise BenchError(f"{name} did not subscribe")
         yield
     finally:
         stop.set()
@@ -355,26 +351,16 @@ def latency_floor(endpoint: BrokerEndpoint, redis_port: int, channel: str) -> It
 @contextmanager
 def ceiling_consumer(endpoint: BrokerEndpoint) -> Iterator[Callable[[], int]]:
     """Runs the bare paho consumer; yields a function reading its received-ticks count."""
-    ctx = multiprocessing.get_context("spawn")
-    received = ctx.Value("q", 0, lock=False)
-    ready, stop = ctx.Event(), ctx.Event()
-    process = ctx.Process(
-        target=ceiling_consumer_process,
-        args=(endpoint, received, ready, stop),
-        name="bench-ceiling",
-        daemon=True,
-    )
-    process.start()
-    try:
-        if not ready.wait(30.0):
-            raise BenchError("the ceiling consumer did not subscribe")
+    received = multiprocessing.get_context("spawn").Value("q", 0, lock=False)
+    with helper_process("bench-ceiling", ceiling_consumer_process, endpoint, received):
         yield lambda: int(received.value)
-    finally:
-        stop.set()
-        process.join(timeout=5.0)
-        if process.is_alive():
-            process.terminate()
-            process.join(timeout=5.0)
+
+
+def latency_floor(
+    endpoint: BrokerEndpoint, redis_port: int, channel: str
+) -> AbstractContextManager[None]:
+    """Runs the bare forwarder (see ``latency_floor_process``) in place of the service."""
+    return helper_process("bench-floor", latency_floor_process, endpoint, redis_port, channel)
 
 
 # -- measurement --------------------------------------------------------------------------

@@ -117,6 +117,7 @@ class Engine:
         # stamped in ``_stamped``, folded in when levels are read.
         self.newest_ts: I64 = np.zeros(n, dtype=np.int64)
         self._stamped: list[I64] = []
+        self._stamped_count = 0
         # The per-tick path's views of these arrays, which are therefore only written in place.
         self._sum_cells = float_cells(self.sums)
         self._newest_cells = int_cells(self.newest_ts)
@@ -333,8 +334,6 @@ class Engine:
             self._screen_and_move_each(
                 sids.tolist(), prices.tolist(), ts.tolist(), seqs.tolist(), now, result
             )
-
-            self._apply_ticks(sids, prices, ts, seqs, now, result)
         self._finish(now, result)
         return result
 
@@ -484,7 +483,11 @@ class Engine:
                 )
         # Symbols with a newly accepted tick: their indices' newest tick is raised when levels
         # are next read (once per publish cycle, not per batch).
-        self._stamped.append(batch_sids[book.source_ts.take(batch_sids) != stamps_before])
+        stamped = batch_sids[book.source_ts.take(batch_sids) != stamps_before]
+        self._stamped.append(stamped)
+        self._stamped_count += len(stamped)
+        if self._stamped_count > max(4 * len(book), 1 << 16):
+            self._newest_per_index()  # a caller that never reads levels: bound the memory
         after = book.price.take(touched)
         moved = (after != before) & ~np.isnan(after)
         first = moved & np.isnan(before)
@@ -833,8 +836,9 @@ class Engine:
     def levels(self, series: Iterable[str] | None = None) -> list[SeriesLevel]:
         """Published fields of every established series (or of those named), in series order.
 
-        Staleness and the newest tick are read here, once per publish cycle, from the entries
-        of the indices asked for only."""
+        Publishing metadata is settled here, once per publish cycle rather than per batch:
+        the vector path's pending newest-tick stamps are folded in, and stale counts are
+        recounted only if some constituent became stale or fresh since the last read."""
         picks: Iterable[int]
         if series is None:
             picks = range(len(self.series))
@@ -904,6 +908,7 @@ class Engine:
         if self._stamped:
             stamped = np.unique(np.concatenate(self._stamped))
             self._stamped.clear()
+            self._stamped_count = 0
             kernels.raise_newest(self.members, self.newest_ts, stamped, self.book.source_ts)
         return self.newest_ts
 

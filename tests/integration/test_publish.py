@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
@@ -16,7 +20,7 @@ from streamer.engine import AuditRecord, SeriesLevel
 from streamer.ingest import Backoff
 from streamer.localservices import LocalRedis
 from streamer.metrics import Metrics, observe_many
-from streamer.publish import Outbox, PublishLoop, RedisPublisher
+from streamer.publish import ACK_TIMEOUT_S, Outbox, PublishLoop, RedisPublisher
 from streamer.service import redis_client
 from tests.integration.harness import Store, eventually
 
@@ -127,21 +131,34 @@ async def test_interval_mode_publishes_every_series_on_the_timer(redis_server: L
     await client.aclose()
 
 
-async def test_redis_outage_counts_errors_keeps_audit_and_resyncs(redis_server: LocalRedis) -> None:
-    current = {"A": series_level("A", 1.0)}
-    outbox = Outbox()
-    metrics = Metrics()
+@asynccontextmanager
+async def running_loop(
+    redis_server: LocalRedis, current: dict[str, SeriesLevel], outbox: Outbox, metrics: Metrics
+) -> AsyncIterator[PublishLoop]:
+    """A PublishLoop (change-driven) publishing ``current`` under prefix ``p``."""
     client = redis_client(RedisSettings(url=redis_server.url))
     loop = PublishLoop(
         RedisPublisher(client, "p", 100),
         lambda wanted: [lv for s, lv in current.items() if wanted is None or s in wanted],
         outbox,
         metrics,
-        backoff=Backoff(base_s=0.02, cap_s=0.1),
+        backoff=Backoff(base_s=0.02, cap_s=0.2),
     )
     task = asyncio.create_task(loop.run())
-    store = sync_client(redis_server)
     try:
+        yield loop
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await loop.publisher.close()
+        await client.aclose()
+
+
+async def test_redis_outage_counts_errors_keeps_audit_and_resyncs(redis_server: LocalRedis) -> None:
+    current = {"A": series_level("A", 1.0)}
+    outbox, metrics = Outbox(), Metrics()
+    store = sync_client(redis_server)
+    async with running_loop(redis_server, current, outbox, metrics):
         await eventually(lambda: store.hget("p:index:A", "level") == "1.0")
         await asyncio.to_thread(redis_server.stop, False)
         current["A"] = series_level("A", 2.0)
@@ -152,10 +169,36 @@ async def test_redis_outage_counts_errors_keeps_audit_and_resyncs(redis_server: 
         await eventually(lambda: store.hget("p:index:A", "level") == "3.0")
         assert [f["id"] for _, f in store.xrange("p:actions")] == ["ca-9"]
         assert store.xlen("p:history:A") == 1  # the latest level only, no replay
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await client.aclose()
+
+
+async def test_a_redis_that_stops_answering_fails_the_cycles_and_keeps_their_audit(
+    redis_server: LocalRedis,
+) -> None:
+    """SIGSTOP leaves the connection open but unanswered: only the acknowledgement timeout
+    notices; the audit record of the stuck cycle is written once Redis answers again."""
+    current = {"A": series_level("A", 1.0)}
+    outbox, metrics = Outbox(), Metrics()
+    store = sync_client(redis_server)
+    pid = redis_server.pid
+    assert pid is not None
+    async with running_loop(redis_server, current, outbox, metrics) as loop:
+        try:
+            await eventually(lambda: store.hget("p:index:A", "level") == "1.0")
+            os.kill(pid, signal.SIGSTOP)
+            current["A"] = series_level("A", 2.0)
+            record = AuditRecord("ca-1", "split", "A", "Z", 1, 1.0, 2.0, 5.0, 5.0)
+            outbox.add(["A"], [record], [1])
+            await eventually(
+                lambda: metrics.redis_errors._value.get() >= 1, within=ACK_TIMEOUT_S + 5
+            )
+            os.kill(pid, signal.SIGCONT)
+            await eventually(lambda: loop.connected and store.hget("p:index:A", "level") == "2.0")
+            # Redis may have applied the stuck cycle after all (it was in its socket buffer)
+            # and the loop sent the record again: it is still written once.
+            await loop.cycle(everything=True)
+            assert [f["id"] for _, f in store.xrange("p:actions")] == ["ca-1"]
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
 
 async def test_password_from_the_environment_setting() -> None:

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from streamer.config import RedisSettings
-from streamer.engine import AuditRecord, SeriesLevel
-from streamer.ingest import Backoff
+from streamer.engine import SeriesLevel
 from streamer.localservices import LocalRedis
-from streamer.metrics import Metrics
-from streamer.publish import ACK_TIMEOUT_S, Outbox, PublishLoop, RedisPublisher
+from streamer.publish import RedisPublisher
 from streamer.redis_pipe import CommandPipe, PipeError, pack
 from streamer.service import redis_client
-from tests.integration.harness import Store, eventually
+from tests.integration.harness import Store
 
 
 def level(series: str, value: float) -> SeriesLevel:
@@ -75,42 +70,3 @@ async def test_cycles_in_flight_are_applied_in_order(redis_server: LocalRedis) -
     assert history == [100.0 + i for i in range(40)]
     await publisher.close()
     await client.aclose()
-
-
-async def test_a_redis_that_stops_answering_fails_the_cycles_and_keeps_their_audit(
-    redis_server: LocalRedis,
-) -> None:
-    """SIGSTOP leaves the connection open but unanswered: only the acknowledgement timeout
-    notices; the audit record of the stuck cycle is written once Redis answers again."""
-    current = {"A": level("A", 1.0)}
-    outbox, metrics = Outbox(), Metrics(CollectorRegistry())
-    client = redis_client(RedisSettings(url=redis_server.url))
-    loop = PublishLoop(
-        RedisPublisher(client, "p", 100),
-        lambda wanted: [lv for s, lv in current.items() if wanted is None or s in wanted],
-        outbox,
-        metrics,
-        backoff=Backoff(base_s=0.05, cap_s=0.2),
-    )
-    task = asyncio.create_task(loop.run())
-    store = Store(redis_server.url)
-    pid = redis_server.pid
-    assert pid is not None
-    try:
-        await eventually(lambda: store.hget("p:index:A", "level") == "1.0")
-        os.kill(pid, signal.SIGSTOP)
-        current["A"] = level("A", 2.0)
-        outbox.add(["A"], [AuditRecord("ca-1", "split", "A", "Z", 1, 1.0, 2.0, 5.0, 5.0)], [1])
-        await eventually(lambda: metrics.redis_errors._value.get() >= 1, within=ACK_TIMEOUT_S + 5)
-        os.kill(pid, signal.SIGCONT)
-        await eventually(lambda: loop.connected and store.hget("p:index:A", "level") == "2.0")
-        # Redis may have applied the stuck cycle after all (it was in its socket buffer) and
-        # the loop sent the record again: it is still written once.
-        await loop.cycle(everything=True)
-        assert [f["id"] for _, f in store.xrange("p:actions")] == ["ca-1"]
-    finally:
-        os.kill(pid, signal.SIGCONT)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await loop.publisher.close()
-        await client.aclose()

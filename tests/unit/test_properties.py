@@ -187,8 +187,14 @@ def scenarios(draw: st.DrawFn) -> list[tuple[str, Any]]:
 
 
 def _run(
-    steps: list[tuple[str, Any]], small_batch: int | None = None, check: bool = True
+    steps: list[tuple[str, Any]],
+    small_batch: int | None = None,
+    check: bool = True,
+    arrays: bool = False,
+    results: list[tuple[dict[tuple[str, str], int], list[str]]] | None = None,
 ) -> Engine:
+    """Run ``steps``; ``arrays``: ticks through ``apply_tick_arrays`` instead of messages;
+    ``results``: collects each tick batch's outcome counts and changed series."""
     now = [1_000]
     engine = Engine(_universe(), QualitySettings(max_move_pct=30.0), clock=lambda: now[0])
     if small_batch is not None:
@@ -197,7 +203,18 @@ def _run(
         now[0] += 10
         if kind == "ticks":
             ticks = [Tick(t["symbol"], t["price"], now[0] + t["dt"], t["seq"]) for t in payload]
-            result = engine.apply(ticks=ticks, received_ns=now[0])
+            if arrays:
+                result = engine.apply_tick_arrays(
+                    engine.symbol_ids([t.symbol for t in ticks]),
+                    np.array([t.price for t in ticks]),
+                    np.array([t.ts for t in ticks], dtype=np.int64),
+                    np.array([-1 if t.seq is None else t.seq for t in ticks], dtype=np.int64),
+                    received_ns=now[0],
+                )
+            else:
+                result = engine.apply(ticks=ticks, received_ns=now[0])
+            if results is not None:
+                results.append((dict(result.outcomes), result.changed))
         elif kind == "fx":
             result = engine.apply(fx=[FxRate("EURUSD", payload, now[0])], received_ns=now[0])
         elif kind == "action":
@@ -249,6 +266,21 @@ def test_per_tick_path_and_vector_path_agree(steps: list[tuple[str, Any]]) -> No
     assert [(lv.series, lv.source_ts, lv.stale) for lv in per_tick.levels()] == [
         (lv.series, lv.source_ts, lv.stale) for lv in vector.levels()
     ]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_array_entry_point_agrees_with_messages(steps: list[tuple[str, Any]]) -> None:
+    """``apply_tick_arrays`` (the kernel's entry point) and ``apply`` (decoded messages) take
+    the same decisions: outcomes, changed series and the resulting state."""
+    by_message: list[tuple[dict[tuple[str, str], int], list[str]]] = []
+    by_array: list[tuple[dict[tuple[str, str], int], list[str]]] = []
+    messages = _run(steps, check=False, results=by_message)
+    arrays = _run(steps, check=False, arrays=True, results=by_array)
+    assert by_array == by_message
+    np.testing.assert_array_equal(arrays.book.price, messages.book.price)
+    np.testing.assert_array_equal(arrays.sums, messages.sums)
+    assert arrays.levels() == messages.levels()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
