@@ -113,11 +113,12 @@ class Engine:
         self.sums: F64 = np.zeros(n)
         self.missing: I64 = np.zeros(n, dtype=np.int64)
         # Per index, the ts of the newest accepted tick of its constituents (0: none yet).
-        # The per-tick path raises it as it goes; the vector path leaves the symbols it
-        # stamped in ``_stamped``, folded in when levels are read.
+        # The per-tick path raises it as it goes; the vector path marks the symbols it saw in
+        # ``_stamped``, folded in when levels are read.  Invariant: outside the marked
+        # symbols, every member's source_ts is folded into its indices' newest_ts.
         self.newest_ts: I64 = np.zeros(n, dtype=np.int64)
-        self._stamped: list[I64] = []
-        self._stamped_count = 0
+        self._stamped: Mask = np.zeros(0, dtype=np.bool_)
+        self._any_stamped = False
         # The per-tick path's views of these arrays, which are therefore only written in place.
         self._sum_cells = float_cells(self.sums)
         self._newest_cells = int_cells(self.newest_ts)
@@ -463,7 +464,6 @@ class Engine:
             if len(sids) == 0:
                 return
         book = self.book
-        batch_sids, stamps_before = sids, book.source_ts.take(sids)
         touched, before, rest = screen_runs(
             book, sids, prices, ts, seqs, self.band, now, result.outcomes
         )
@@ -481,13 +481,14 @@ class Engine:
                     now,
                     result.outcomes,
                 )
-        # Symbols with a newly accepted tick: their indices' newest tick is raised when levels
-        # are next read (once per publish cycle, not per batch).
-        stamped = batch_sids[book.source_ts.take(batch_sids) != stamps_before]
-        self._stamped.append(stamped)
-        self._stamped_count += len(stamped)
-        if self._stamped_count > max(4 * len(book), 1 << 16):
-            self._newest_per_index()  # a caller that never reads levels: bound the memory
+        # Their indices' newest tick is raised when levels are next read (once per publish
+        # cycle, not per batch); a symbol whose tick was not accepted changes nothing there.
+        if len(self._stamped) < len(book):  # the universe grew (an add): grow the marks
+            self._stamped = np.concatenate(
+                [self._stamped, np.zeros(2 * len(book) - len(self._stamped), dtype=np.bool_)]
+            )
+        self._stamped[touched] = True
+        self._any_stamped = True
         after = book.price.take(touched)
         moved = (after != before) & ~np.isnan(after)
         first = moved & np.isnan(before)
@@ -905,10 +906,10 @@ class Engine:
         return self._stale_counts[1]
 
     def _newest_per_index(self) -> I64:
-        if self._stamped:
-            stamped = np.unique(np.concatenate(self._stamped))
-            self._stamped.clear()
-            self._stamped_count = 0
+        if self._any_stamped:
+            stamped = np.flatnonzero(self._stamped[: len(self.book)])
+            self._stamped[stamped] = False
+            self._any_stamped = False
             kernels.raise_newest(self.members, self.newest_ts, stamped, self.book.source_ts)
         return self.newest_ts
 
