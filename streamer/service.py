@@ -2,8 +2,8 @@
 
     mqtt        broker connection -> RawInbox (reconnects with jittered backoff)
     ingest      RawInbox -> decode -> TickQueue -> engine.apply -> Outbox, per micro-batch
-    publish     Outbox -> one Redis pipeline per cycle (every change, or a fixed interval)
-    advance     engine.advance(now) so due corporate actions apply without ticks
+    publish     Outbox -> one Redis script call per cycle, pipelined (every change, or a timer)
+    advance     engine.advance(now) so due actions apply without ticks; gauges, metric flush
     recompute   full recompute of the index sums; exports the largest drift
     http        /metrics, /healthz, /readyz on [metrics].listen
 

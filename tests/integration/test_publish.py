@@ -1,4 +1,4 @@
-"""Publishing against a real redis-server: keys, fields, one pipeline, intervals, outages."""
+"""Publishing against a real redis-server: keys, fields, one script call, intervals, outages."""
 
 from __future__ import annotations
 
