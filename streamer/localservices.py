@@ -220,6 +220,37 @@ class LocalService:
         state = "running" if self.is_running() else "stopped"
         return f"{type(self).__name__}({self.host}:{self.port}, {state})"
 
+    @property
+    def ca_file(self) -> Path:
+        """With TLS: the self-signed certificate clients must trust (e.g. SSL_CERT_FILE)."""
+        return self.workdir / "cert.pem"
+
+    def _make_certificate(self) -> None:
+        if self.ca_file.exists():
+            return
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise LocalServiceError(f"openssl not found; it is needed for a TLS {self.name}")
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", str(self.workdir / "key.pem"), "-out", str(self.ca_file),
+             "-subj", f"/CN={self.host}", "-addext", f"subjectAltName=IP:{self.host}"],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+
+    def _tls_connect(self) -> socket.socket | None:
+        """A TLS connection to the server that trusts its certificate, or None."""
+        sock = self._tcp_connect()
+        if sock is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        try:
+            return context.wrap_socket(sock, server_hostname=self.host)
+        except (OSError, ssl.SSLError):
+            sock.close()
+            return None
+
 
 class LocalMosquitto(LocalService):
     """A private mosquitto broker: anonymous, or one user with a password file."""
@@ -259,25 +290,6 @@ class LocalMosquitto(LocalService):
         if self.username is None:
             return self.url
         return f"{self.scheme}://{self.username}:{self.password}@{self.host}:{self.port}"
-
-    @property
-    def ca_file(self) -> Path:
-        """With ``tls``: the self-signed certificate clients must trust (e.g. SSL_CERT_FILE)."""
-        return self.workdir / "cert.pem"
-
-    def _make_certificate(self) -> None:
-        if self.ca_file.exists():
-            return
-        openssl = shutil.which("openssl")
-        if openssl is None:
-            raise LocalServiceError("openssl not found; it is needed for a TLS broker")
-        subprocess.run(
-            [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-keyout", str(self.workdir / "key.pem"), "-out", str(self.ca_file),
-             "-subj", f"/CN={self.host}", "-addext", f"subjectAltName=IP:{self.host}"],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
 
     def _command(self) -> list[str]:
         config = self.workdir / "mosquitto.conf"
@@ -324,16 +336,9 @@ class LocalMosquitto(LocalService):
         return [find_executable("mosquitto"), "-c", str(config)]
 
     def _probe(self) -> bool:
-        sock = self._tcp_connect()
+        sock = self._tls_connect() if self.tls else self._tcp_connect()
         if sock is None:
             return False
-        if self.tls:
-            context = ssl.create_default_context(cafile=str(self.ca_file))
-            try:
-                sock = context.wrap_socket(sock, server_hostname=self.host)
-            except (OSError, ssl.SSLError):
-                sock.close()
-                return False
         with sock:
             # Any CONNACK (0x20) to an MQTT 3.1.1 CONNECT proves the broker is serving.
             connect = connect_packet("", self.username, self.password)
@@ -348,7 +353,7 @@ class LocalMosquitto(LocalService):
 
 
 class LocalRedis(LocalService):
-    """A private redis-server: no persistence, optional ``requirepass``."""
+    """A private redis-server: no persistence, optional ``requirepass``, optional TLS."""
 
     name = "redis"
 
@@ -358,21 +363,23 @@ class LocalRedis(LocalService):
         workdir: str | Path | None = None,
         *,
         password: str | None = None,
+        tls: bool = False,
     ) -> None:
         super().__init__(port, workdir)
         self.password = password
+        self.tls = tls
 
     @property
     def url(self) -> str:
-        """``redis://host:port/0``, without credentials."""
-        return f"redis://{self.host}:{self.port}/0"
+        """``redis[s]://host:port/0``, without credentials."""
+        return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}/0"
 
     @property
     def authenticated_url(self) -> str:
-        """``redis://:password@host:port/0`` (the plain url without a password)."""
+        """``redis[s]://:password@host:port/0`` (the plain url without a password)."""
         if self.password is None:
             return self.url
-        return f"redis://:{self.password}@{self.host}:{self.port}/0"
+        return self.url.replace("://", f"://:{self.password}@", 1)
 
     def _command(self) -> list[str]:
         # The password goes in a config file so that it never shows in `ps`.
@@ -389,12 +396,22 @@ class LocalRedis(LocalService):
         ]
         if self.password is not None:
             lines.append(f"requirepass {self.password}")
+        if self.tls:
+            # TLS only: the plain port is closed, clients need no certificate of their own.
+            self._make_certificate()
+            lines[0] = "port 0"
+            lines += [
+                f"tls-port {self.port}",
+                f"tls-cert-file {self.ca_file}",
+                f"tls-key-file {self.workdir / 'key.pem'}",
+                "tls-auth-clients no",
+            ]
         config.write_text("\n".join(lines) + "\n", encoding="utf-8")
         config.chmod(0o600)
         return [find_executable("redis-server"), str(config)]
 
     def _probe(self) -> bool:
-        sock = self._tcp_connect()
+        sock = self._tls_connect() if self.tls else self._tcp_connect()
         if sock is None:
             return False
         with sock:

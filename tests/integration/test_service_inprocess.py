@@ -97,3 +97,26 @@ async def test_interval_publishing_due_actions_and_a_draining_stop(
     assert float(client.hget("test:index:PX3", "level") or 0) == pytest.approx(
         (101 + 50 + 20) / divisor
     )
+
+
+async def test_rediss_publishes_over_tls(
+    tmp_path: Path, mosquitto: LocalMosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``rediss://`` URL: the service's probes and its pipelined publish connection both
+    speak TLS to a TLS-only Redis, trusting its certificate through SSL_CERT_FILE."""
+    with LocalRedis(tls=True) as store:
+        monkeypatch.setenv("SSL_CERT_FILE", str(store.ca_file))
+        config = write_service_config(tmp_path, mosquitto.url, store.url)
+        assert config.redis_url.startswith("rediss://")
+        service = Service(
+            load_settings(config.path), registry=CollectorRegistry(), handle_signals=False
+        )
+        task = asyncio.create_task(service.run())
+        await eventually(lambda: service.mqtt.connected.is_set() and service.publish_loop.connected)
+        feed = Feed(mosquitto.port)
+        seed(feed)
+        feed.close()
+        client = Store(store.url)
+        await eventually(lambda: client.hget("test:index:PX3", "level") == "350.0")
+        service.stop()
+        await task
