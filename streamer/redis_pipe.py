@@ -45,6 +45,9 @@ def pack(*args: bytes) -> bytes:
 
 
 class CommandPipe:
+    """Packed commands written as they come on one connection; a reader task resolves each
+    command's future with its reply, in order."""
+
     def __init__(self, client: aioredis.Redis, clock: Callable[[], int] = time.time_ns) -> None:
         self._client = client
         self._clock = clock
@@ -110,6 +113,8 @@ class CommandPipe:
         except asyncio.CancelledError:
             raise
         except (RedisError, OSError, PipeError) as exc:
+            if self._connection is not connection:
+                return  # an old connection's reader: its commands were failed already
             error = exc if isinstance(exc, PipeError) else PipeError(str(exc) or "connection lost")
             await _disconnect(self._fail(error))
 
