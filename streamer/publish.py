@@ -386,8 +386,9 @@ class PublishLoop:
                 await self._await_oldest()
                 continue
             try:
-                async with asyncio.timeout(IDLE_PROBE_S):
-                    await self.outbox.event.wait()
+                if not self.outbox.event.is_set():  # often already set: skip the timer setup
+                    async with asyncio.timeout(IDLE_PROBE_S):
+                        await self.outbox.event.wait()
             except TimeoutError:
                 if self._in_flight:
                     await self._await_oldest()  # still unanswered after a second: check it
