@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamer.config import load_settings
+from streamer.config import Settings, load_settings
 from streamer.localservices import LocalMosquitto, LocalRedis
 from streamer.service import Service
 from tests.conftest import ServiceConfigFactory, write_service_config
@@ -20,6 +21,22 @@ from tests.integration.harness import Feed, Store, eventually
 def seed(feed: Feed) -> None:
     for symbol, price in (("AAA", 100.0), ("BBB", 50.0), ("CCC", 25.0), ("DDD", 10.0)):
         feed.tick(symbol, price)
+
+
+async def publish_seed_prices(
+    settings: Settings, connect_feed: Callable[[], Feed], store_url: str
+) -> None:
+    """Run the service until the seed prices' PX3 level is in Redis, then stop it."""
+    service = Service(settings, registry=CollectorRegistry(), handle_signals=False)
+    task = asyncio.create_task(service.run())
+    await eventually(lambda: service.mqtt.connected.is_set() and service.publish_loop.connected)
+    feed = connect_feed()
+    seed(feed)
+    feed.close()
+    client = Store(store_url)
+    await eventually(lambda: client.hget("test:index:PX3", "level") == "350.0")
+    service.stop()
+    await task
 
 
 async def test_credentials_come_from_the_environment_and_never_reach_the_logs(
@@ -41,16 +58,11 @@ async def test_credentials_come_from_the_environment_and_never_reach_the_logs(
             },
         )
         caplog.set_level(logging.DEBUG)
-        service = Service(settings, registry=CollectorRegistry(), handle_signals=False)
-        task = asyncio.create_task(service.run())
-        await eventually(lambda: service.mqtt.connected.is_set() and service.publish_loop.connected)
-        feed = Feed(broker.port, username="streamer", password=mqtt_secret)
-        seed(feed)
-        feed.close()
-        client = Store(store.authenticated_url)
-        await eventually(lambda: client.hget("test:index:PX3", "level") == "350.0")
-        service.stop()
-        await task
+        await publish_seed_prices(
+            settings,
+            lambda: Feed(broker.port, username="streamer", password=mqtt_secret),
+            store.authenticated_url,
+        )
     text = "\n".join(f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records)
     assert "mqtt connected" in text
     assert mqtt_secret not in text and redis_secret not in text
@@ -108,15 +120,6 @@ async def test_rediss_publishes_over_tls(
         monkeypatch.setenv("SSL_CERT_FILE", str(store.ca_file))
         config = write_service_config(tmp_path, mosquitto.url, store.url)
         assert config.redis_url.startswith("rediss://")
-        service = Service(
-            load_settings(config.path), registry=CollectorRegistry(), handle_signals=False
+        await publish_seed_prices(
+            load_settings(config.path), lambda: Feed(mosquitto.port), store.url
         )
-        task = asyncio.create_task(service.run())
-        await eventually(lambda: service.mqtt.connected.is_set() and service.publish_loop.connected)
-        feed = Feed(mosquitto.port)
-        seed(feed)
-        feed.close()
-        client = Store(store.url)
-        await eventually(lambda: client.hget("test:index:PX3", "level") == "350.0")
-        service.stop()
-        await task
