@@ -332,11 +332,10 @@ class PublishSplitter:
 
     def recv(self, size: int) -> bytes:
         while not self._to_paho:
-            buffered = bool(self._inner_pending and self._inner_pending())
             # Back-pressure: with the consumer behind, leave the bytes in the kernel (and the
             # broker) and let the event loop run.  Only when nothing is buffered in user space
             # by TLS, so the socket becoming readable again is what resumes us.
-            if self._inbox.is_full() and not buffered:
+            if self._inbox.is_full() and not (self._inner_pending and self._inner_pending()):
                 raise BlockingIOError
             data: bytes = self._sock.recv(_RECV_CHUNK)
             if not data:
@@ -354,60 +353,16 @@ class PublishSplitter:
         return chunk
 
     def _frame(self, data: bytes) -> None:
-        buf = self._unframed
-        buf += data
-        n = len(buf)
-        pos = 0
-        receipt_ns = self._inbox.clock()
-        messages: list[RawMessage] = []
-        oversize = 0
-        limit = self._inbox.max_payload_bytes
-        view = memoryview(buf)
-        try:
-            while pos < n:
-                header = buf[pos]
-                # Remaining length: 1-4 bytes, 7 bits each, least significant first.
-                i = pos + 1
-                length = 0
-                shift = 0
-                framed = False
-                while i < n and shift <= 21:
-                    byte = buf[i]
-                    i += 1
-                    length |= (byte & 0x7F) << shift
-                    if byte < 0x80:
-                        framed = True
-                        break
-                    shift += 7
-                if not framed:
-                    if shift > 21:  # a fifth length byte is not MQTT: let paho report it
-                        self._to_paho += view[pos:]
-                        pos = n
-                    break  # otherwise the length itself is still incomplete
-                end = i + length
-                if end > n:
-                    break
-                if header & 0xF6 == 0x30 and length >= 2:  # PUBLISH, QoS 0 (any DUP/RETAIN)
-                    topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
-                    if end - topic_end > limit:
-                        oversize += 1
-                    else:
-                        try:
-                            topic = str(view[i + 2 : topic_end], "utf-8")
-                        except UnicodeDecodeError:
-                            self._inbox.rejected[UNKNOWN_TOPIC] += 1
-                        else:
-                            messages.append((topic, bytes(view[topic_end:end]), receipt_ns))
-                else:
-                    self._to_paho += view[pos:end]
-                pos = end
-        finally:
-            view.release()
-        del buf[:pos]
-        if oversize:
-            self._inbox.rejected[OVERSIZE] += oversize
-        if messages:
-            self._inbox.extend(messages)
+        self._unframed += data
+        inbox = self._inbox
+        framed = frame_packets(self._unframed, inbox.max_payload_bytes, inbox.clock())
+        self._to_paho += framed.passthrough
+        if framed.oversize:
+            inbox.rejected[OVERSIZE] += framed.oversize
+        if framed.bad_topics:
+            inbox.rejected[UNKNOWN_TOPIC] += framed.bad_topics
+        if framed.messages:
+            inbox.extend(framed.messages)
 
     def pending(self) -> int:
         inner = self._inner_pending
@@ -415,6 +370,68 @@ class PublishSplitter:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+@dataclass(slots=True)
+class Framed:
+    """What :func:`frame_packets` took from a buffer."""
+
+    messages: list[RawMessage]  # QoS 0 PUBLISH packets as (topic, payload, receipt)
+    passthrough: bytearray  # every other complete packet, byte for byte
+    oversize: int  # PUBLISH packets with a payload over the limit, dropped
+    bad_topics: int  # PUBLISH packets whose topic is not UTF-8, dropped
+
+
+def frame_packets(buf: bytearray, limit: int, receipt_ns: int) -> Framed:
+    """Take every complete MQTT 3.1.1 packet off the front of ``buf`` (the rest stays for the
+    next read): QoS 0 PUBLISH packets become messages, the others pass through untouched."""
+    n = len(buf)
+    pos = 0
+    framed = Framed([], bytearray(), 0, 0)
+    messages, passthrough = framed.messages, framed.passthrough
+    view = memoryview(buf)
+    try:
+        while pos < n:
+            header = buf[pos]
+            # Remaining length: 1-4 bytes, 7 bits each, least significant first.
+            i = pos + 1
+            length = 0
+            shift = 0
+            complete = False
+            while i < n and shift <= 21:
+                byte = buf[i]
+                i += 1
+                length |= (byte & 0x7F) << shift
+                if byte < 0x80:
+                    complete = True
+                    break
+                shift += 7
+            if not complete:
+                if shift > 21:  # a fifth length byte is not MQTT: let the client report it
+                    passthrough += view[pos:]
+                    pos = n
+                break  # otherwise the length itself is still incomplete
+            end = i + length
+            if end > n:
+                break
+            if header & 0xF6 == 0x30 and length >= 2:  # PUBLISH, QoS 0 (any DUP/RETAIN)
+                topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
+                if end - topic_end > limit:
+                    framed.oversize += 1
+                else:
+                    try:
+                        topic = str(view[i + 2 : topic_end], "utf-8")
+                    except UnicodeDecodeError:
+                        framed.bad_topics += 1
+                    else:
+                        messages.append((topic, bytes(view[topic_end:end]), receipt_ns))
+            else:
+                passthrough += view[pos:end]
+            pos = end
+    finally:
+        view.release()
+    del buf[:pos]
+    return framed
 
 
 def install_fast_path(client: aiomqtt.Client, inbox: RawInbox) -> bool:

@@ -130,28 +130,34 @@ class Metrics:
 class HistogramBuffer:
     """Observations waiting for one bulk update of their histogram."""
 
-    __slots__ = ("_counted", "_limit", "_values", "_weighted", "histogram")
+    __slots__ = ("_limit", "_values", "_weighted", "histogram")
 
     def __init__(self, histogram: Histogram, limit: int = 1 << 16) -> None:
         self.histogram = histogram
         self._values: list[float] = []  # observed once each
-        self._weighted: list[tuple[Sequence[float], float]] = []  # samples standing for more
-        self._counted: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]] = []
-        self._limit = limit  # flush early past this many values, to bound the memory held
+        # Values observed several times each: samples standing for more, or repeated values.
+        self._weighted: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = []
+        self._limit = limit  # flush early past this many values (or 1/16 as many chunks)
 
     def add(self, values: Sequence[float], weight: float = 1.0) -> None:
         """Observe each of ``values`` (``weight`` times: for a sample standing for more)."""
-        if weight == 1.0:
-            self._values.extend(values)
-        else:
-            self._weighted.append((values, weight))
+        if weight != 1.0:
+            array = np.asarray(values, dtype=np.float64)
+            self._add_weighted(array, np.full(len(array), weight))
+            return
+        self._values.extend(values)
         if len(self._values) >= self._limit:
             self.flush()
 
     def add_counted(self, values: npt.NDArray[np.float64], counts: npt.NDArray[np.int64]) -> None:
         """Observe ``values[i]`` ``counts[i]`` times."""
-        self._counted.append((values, counts))
-        if len(self._counted) >= 4096:
+        self._add_weighted(values, counts.astype(np.float64))
+
+    def _add_weighted(
+        self, values: npt.NDArray[np.float64], weights: npt.NDArray[np.float64]
+    ) -> None:
+        self._weighted.append((values, weights))
+        if len(self._weighted) >= self._limit >> 4:
             self.flush()
 
     def flush(self) -> None:
@@ -162,15 +168,8 @@ class HistogramBuffer:
             weighted, self._weighted = self._weighted, []
             observe_many(
                 self.histogram,
-                [v for chunk, _ in weighted for v in chunk],
-                [w for chunk, w in weighted for _ in chunk],
-            )
-        if self._counted:
-            counted, self._counted = self._counted, []
-            observe_many(
-                self.histogram,
-                np.concatenate([values for values, _ in counted]),
-                np.concatenate([counts for _, counts in counted]),
+                np.concatenate([values for values, _ in weighted]),
+                np.concatenate([weights for _, weights in weighted]),
             )
 
 

@@ -226,7 +226,7 @@ class RedisPublisher:
         self._seq: dict[str, int] = {}
         self._seq_loaded = False
         self._pipe = CommandPipe(client, clock)
-        self._command_head = b""  # EVALSHA sha 0 prefix maxlen, packed
+        self._evalsha: tuple[bytes, ...] = ()  # EVALSHA sha 0 prefix maxlen (once loaded)
 
     def index_key(self, series: str) -> str:
         return f"{self.prefix}:index:{series}"
@@ -256,13 +256,7 @@ class RedisPublisher:
             publish_ns = self._clock()
             levels_blob = self._levels_blob(levels, publish_ns)
             audit_blob = _msgpack.encode([audit_row(r, publish_ns) for r in audit])
-            tail = b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
-                len(levels_blob),
-                levels_blob,
-                len(audit_blob),
-                audit_blob,
-            )
-            return await self._pipe.send(self._command_head + tail)
+            return await self._pipe.send(pack(*self._evalsha, levels_blob, audit_blob))
         except PipeError as exc:
             raise PublishError(str(exc)) from exc
 
@@ -283,15 +277,7 @@ class RedisPublisher:
         await self._pipe.open()
         reply = await self._pipe.call(pack(b"SCRIPT", b"LOAD", PUBLISH_CYCLE_LUA))
         sha = reply.value if isinstance(reply.value, bytes) else reply.value.encode()
-        head = pack(
-            b"EVALSHA",
-            sha,
-            b"0",
-            self.prefix.encode(),
-            str(self.history_maxlen).encode(),
-        )
-        # The blobs of each cycle follow: the array header counts them (7 arguments in all).
-        self._command_head = b"*7\r\n" + head.removeprefix(b"*5\r\n")
+        self._evalsha = (b"EVALSHA", sha, b"0", self.prefix.encode(), b"%d" % self.history_maxlen)
 
     def abort(self, reason: str) -> None:
         """Fail the cycles in flight (Redis stopped answering); the next send reconnects."""

@@ -325,7 +325,7 @@ class Engine:
         now = self.clock() if received_ns is None else received_ns
         result = BatchResult()
         n = len(sids)
-        if n > self.small_batch or self._pending or self._maybe_unestablished:
+        if n > self.small_batch or not self._steady:
             self._apply_ticks(sids, prices, ts, seqs, now, result)
         elif n == 1:
             self._screen_and_move_one(

@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from streamer.ingest import frame_packets
 from streamer.tools.feed import FeedUniverse, GbmMarket
 from streamer.tools.mqtt_publisher import (
     BrokerEndpoint,
@@ -258,10 +259,10 @@ def latency_floor_process(
 ) -> None:
     """The latency floor: the least a Python service can do between the broker and Redis.
 
-    Subscribes to ``ticks/#`` over a bare asyncio protocol (uvloop), frames each PUBLISH,
-    decodes the tick and immediately PUBLISHes ``{"index": "floor", "source_ts": ts}`` to
-    ``channel``: no engine, no script, no hash or stream.  Its tick-to-subscriber latency is
-    what the machine, the broker and Redis cost before any index arithmetic.
+    Subscribes to ``ticks/#`` over a bare asyncio protocol (uvloop), frames the packets as the
+    service does, decodes each tick and at once PUBLISHes ``{"index": "floor", "source_ts":
+    ts}`` to ``channel``: no engine, no script, no hash or stream.  Its tick-to-subscriber
+    latency is what the machine, the broker and Redis cost before any index arithmetic.
     """
     import asyncio
 
@@ -291,30 +292,15 @@ def latency_floor_process(
             writer.write(b"\x82" + encode_remaining_length(len(body)) + body)
 
         def data_received(self, data: bytes) -> None:
-            buf = self.buffer
-            buf += data
+            self.buffer += data
+            framed = frame_packets(self.buffer, 1 << 20, 0)
+            if b"\x90\x03" in framed.passthrough:  # SUBACK
+                ready.set()
             out = []
-            pos = 0
-            while pos + 2 <= len(buf):
-                length, shift, i = 0, 0, pos + 1
-                while i < len(buf) and buf[i] & 0x80:
-                    length |= (buf[i] & 0x7F) << shift
-                    shift, i = shift + 7, i + 1
-                if i >= len(buf):
-                    break
-                length |= buf[i] << shift
-                end = i + 1 + length
-                if end > len(buf):
-                    break
-                if buf[pos] & 0xF0 == 0x30:  # PUBLISH (QoS 0)
-                    topic_end = i + 3 + ((buf[i + 1] << 8) | buf[i + 2])
-                    tick = decode(bytes(buf[topic_end:end]))
-                    body = b'{"index":"floor","source_ts":%d}' % (tick.ts or time.time_ns())
-                    out.append(head + b"$%d\r\n%s\r\n" % (len(body), body))
-                elif buf[pos] == 0x90:  # SUBACK
-                    ready.set()
-                pos = end
-            del buf[:pos]
+            for _, payload, _ in framed.messages:
+                tick = decode(payload)
+                body = b'{"index":"floor","source_ts":%d}' % (tick.ts or time.time_ns())
+                out.append(head + b"$%d\r\n%s\r\n" % (len(body), body))
             if out:
                 self.redis.transport.write(b"".join(out))
 
