@@ -20,6 +20,10 @@ the demo universe (or ``--config``), a publisher in its own process, a Redis sub
 6. The latency floor: a bare forwarder (asyncio protocols, one Redis PUBLISH per tick, no
    engine) takes the service's place and step 3 is repeated: the latency this machine, the
    broker and Redis cost before any index arithmetic.
+
+Steps 3 and 6 also report the share of CPU time the hypervisor stole during them
+(``/proc/stat``): on a VM the latency tail follows it, and without it two runs cannot be
+compared.
 """
 
 from __future__ import annotations
@@ -174,6 +178,31 @@ class LatencyFigures:
     ticks: int = 0
     end_to_end_ms: dict[str, float | None] = field(default_factory=dict)
     service_ms: dict[str, float | None] = field(default_factory=dict)
+    steal_pct: float | None = None  # CPU time stolen by the hypervisor meanwhile, all CPUs
+
+
+def cpu_times(stat_text: str | None = None) -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from ``/proc/stat``; None where it does not exist.
+
+    Guest time is already counted in user and nice, so it is left out of the total."""
+    if stat_text is None:
+        try:
+            stat_text = Path("/proc/stat").read_text(encoding="ascii")
+        except OSError:
+            return None
+    for line in stat_text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            # user nice system idle iowait irq softirq steal (older kernels stop earlier)
+            jiffies = [int(v) for v in fields[1:9]]
+            return (jiffies[7] if len(jiffies) > 7 else 0), sum(jiffies)
+    return None
+
+
+def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(100.0 * (after[0] - before[0]) / (after[1] - before[1]), 2)
 
 
 @dataclass
@@ -692,7 +721,9 @@ class E2eBench:
         figures = LatencyFigures(rate=plan.latency_rate, duration_s=plan.latency_s)
         tap = LevelsTap(redis_url, f"{self.settings.redis.prefix}:levels").start()
         try:
+            cpu_before = cpu_times()
             sent = publisher.call(Latency(plan.latency_rate, plan.latency_s))
+            figures.steal_pct = steal_pct(cpu_before, cpu_times())
             time.sleep(0.5)  # the last levels on their way
         finally:
             tap.stop()
@@ -817,6 +848,13 @@ def report_table(report: E2eReport) -> Table:
     table.add_row(
         f"floor: bare forwarder, tick→subscriber p50 / p99 / p99.9 at {rate}/s (ms)",
         f"{_fmt_ms(floor.get('p50'))} / {_fmt_ms(floor.get('p99'))} / {_fmt_ms(floor.get('p999'))}",
+        "",
+        "",
+    )
+    steal = (report.latency.steal_pct, report.floor.steal_pct)
+    table.add_row(
+        "CPU time stolen by the host during latency / floor (%)",
+        " / ".join("-" if v is None else f"{v:.1f}" for v in steal),
         "",
         "",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from streamer.bench.e2e import cpu_times, steal_pct
 from tests.tools.support import run_streamer
 
 
@@ -27,6 +28,9 @@ def test_quick_benchmark_produces_its_json() -> None:
     # The floor forwarder published a level for the paced ticks, each carrying its stamp.
     floor = report["latency_floor"]
     assert floor["ticks"] > 0 and floor["end_to_end_ms"]["samples"] >= floor["ticks"] * 0.9
+    # Linux: the host's steal time over each latency window, a share of all CPU time.
+    for window in (latency, floor):
+        assert window["steal_pct"] is not None and 0.0 <= window["steal_pct"] <= 100.0
     assert report["service_peak_rss_mb"] > 10
     assert set(report["targets"]) == {
         "single_json_ticks_per_s", "ratio_to_ceiling", "batch_msgpack_ticks_per_s",
@@ -38,3 +42,13 @@ def test_table_output_names_every_measurement() -> None:
     result = run_streamer("bench", "e2e", "--help")
     assert result.returncode == 0
     assert "--quick" in result.stdout and "--json" in result.stdout
+
+
+def test_steal_share_from_proc_stat() -> None:
+    # user nice system idle iowait irq softirq steal guest guest_nice; guest is inside user.
+    before = cpu_times("cpu  100 0 50 800 10 0 5 35 40 0\ncpu0 50 0 25 400 5 0 2 18 20 0\n")
+    after = cpu_times("cpu  300 0 150 1500 10 0 5 135 90 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n")
+    assert before == (35, 1000) and after == (135, 2100)
+    assert steal_pct(before, after) == round(100 * 100 / 1100, 2)
+    assert steal_pct(None, after) is None and steal_pct(after, after) is None
+    assert cpu_times("intr 1 2 3\n") is None
