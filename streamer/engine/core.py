@@ -514,10 +514,7 @@ class Engine:
         """Move the indices of the only symbol accepted in a batch from its ``old`` price."""
         cells = self.book.cells
         row = self._row_cache.get(sid) or self._row(sid)
-        stamp, newest = cells.source_ts[sid], self._newest_cells
-        for j, _ in row.entries:
-            if newest[j] < stamp:
-                newest[j] = stamp
+        self._stamp_newest(row.entries, cells.source_ts[sid])
         change = cells.price[sid] - old
         if old != old:  # the symbol's first price: its indices are recomputed
             self._first_prices(np.array([sid], dtype=np.int64))
@@ -526,6 +523,13 @@ class Engine:
             for j, weight in row.entries:
                 sums[j] += change * weight
             self._moved_rows.append(row)  # its series are this batch's changes
+
+    def _stamp_newest(self, entries: list[tuple[int, float]], stamp: int) -> None:
+        """Raise the newest tick ts of the indices in a symbol's row to ``stamp``."""
+        newest = self._newest_cells
+        for j, _ in entries:
+            if newest[j] < stamp:
+                newest[j] = stamp
 
     def _screen_and_move_each(
         self,
@@ -558,13 +562,10 @@ class Engine:
             return
         first: list[int] = []
         delta: dict[int, float] = {}
-        source_ts, newest = cells.source_ts, self._newest_cells
+        source_ts = cells.source_ts
         for sid, old in before.items():
             entries = self._row(sid).entries
-            stamp = source_ts[sid]
-            for j, _ in entries:
-                if newest[j] < stamp:
-                    newest[j] = stamp
+            self._stamp_newest(entries, source_ts[sid])
             change = price_of[sid] - old
             if old != old:
                 first.append(sid)

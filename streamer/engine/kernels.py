@@ -14,6 +14,11 @@ from streamer.engine.universe import F64, I64, Mask, Membership, concatenated_ra
 FULL_PASS_SHARE = 0.1
 
 
+def _full_pass(members: Membership, row_lengths: I64) -> bool:
+    """Whether rows this long are better served by one pass over every entry."""
+    return int(row_lengths.sum()) > FULL_PASS_SHARE * len(members)
+
+
 def occurrence_rounds(sids: I64, counts: I64) -> list[I64]:
     """Batch positions grouped so that round r holds the r-th tick of each symbol.
 
@@ -48,9 +53,8 @@ def move_indices(members: Membership, sids: I64, price_change: F64, sums: F64) -
     (cache resident) and reduce each index's contiguous segment.
     """
     n_indices = len(sums)
-    starts = members.row_ptr[sids]
-    lengths = members.row_ptr[sids + 1] - starts
-    if int(lengths.sum()) > FULL_PASS_SHARE * len(members):
+    starts, lengths = members.spans(sids)
+    if _full_pass(members, lengths):
         dense = np.zeros(len(members.row_ptr) - 1)
         dense[sids] = price_change
         delta = np.zeros(n_indices)
@@ -61,7 +65,7 @@ def move_indices(members: Membership, sids: I64, price_change: F64, sums: F64) -
             delta[members.nonempty] = np.add.reduceat(contribution, members.segment_starts)
         sums += delta
         return delta
-    entries = members.rows(sids)
+    entries = concatenated_ranges(starts, lengths)
     contribution = np.repeat(price_change, lengths) * members.qfx0.take(entries)
     delta = np.bincount(
         members.index.take(entries), weights=contribution, minlength=n_indices
@@ -111,9 +115,8 @@ def raise_newest(members: Membership, newest: I64, sids: I64, source_ts: I64) ->
     ``newest`` except those of ``sids`` (so past a share of all entries, one pass over all is
     the same, and cheaper).
     """
-    starts = members.row_ptr.take(sids)
-    lengths = members.row_ptr.take(sids + 1) - starts
-    if int(lengths.sum()) > FULL_PASS_SHARE * len(members):
+    starts, lengths = members.spans(sids)
+    if _full_pass(members, lengths):
         # Many symbols: one pass over every entry in index order (the others' ts are already
         # folded in, so taking every member's is the same).
         if len(members.segment_starts):

@@ -186,10 +186,14 @@ class Membership:
         hits = np.flatnonzero(self.index[start:stop] == j)
         return start + int(hits[0]) if len(hits) else -1
 
+    def spans(self, sids: I64) -> tuple[I64, I64]:
+        """First entry position and entry count of the row of each of ``sids``."""
+        starts = self.row_ptr.take(sids)
+        return starts, self.row_ptr.take(sids + 1) - starts
+
     def rows(self, sids: I64) -> I64:
         """Entry positions of every row in ``sids``, concatenated (vectorized CSR gather)."""
-        starts = self.row_ptr[sids]
-        return concatenated_ranges(starts, self.row_ptr[sids + 1] - starts)
+        return concatenated_ranges(*self.spans(sids))
 
 
 def concatenated_ranges(starts: I64, lengths: I64) -> I64:
