@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
 
 from streamer import __version__
 from streamer.errors import ConfigError, StreamerError
+from streamer.logs import JsonLogFormatter, TextLogFormatter
 
 # name -> module under streamer.commands
 COMMANDS: dict[str, str] = {
@@ -35,39 +33,6 @@ COMMANDS: dict[str, str] = {
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict):
-            entry.update(extra)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-class TextLogFormatter(logging.Formatter):
-    """``time level logger event key=value ...`` on one line."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict) and extra:
-            line += " " + " ".join(f"{k}={v}" for k, v in extra.items())
-        return line
 
 
 def configure_logging(fmt: str, level: str) -> None:

@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import IO, Self
 
 from streamer.errors import StreamerError
-from streamer.tools.mqtt_publisher import connect_packet
+from streamer.mqtt.codec import connect_packet
 
 LOOPBACK = "127.0.0.1"
 _START_TIMEOUT_S = 10.0

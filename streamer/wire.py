@@ -9,7 +9,7 @@ batch costs that element, not the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -17,71 +17,89 @@ from streamer.config import ConstituentSpec
 
 MessageKind = Literal["tick", "fx", "reference", "control"]
 
+# Integers the engine keeps in int64 arrays: anything else is malformed at the edge, before
+# it can overflow a column (a uint64 ts used to escape as OverflowError).
+Nanos = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+# Identities that reach logs, Redis keys and JSON: bounded and free of control characters,
+# so no message can forge a log line or break the live channel's JSON.
+Symbol = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x20\x7f]+$")
+]
+# A tick's symbol is only looked up (an unknown one is rejected by name): a length bound is
+# enough, and a pattern per tick would cost a regex search on the hot path.
+TickSymbol = Annotated[str, msgspec.Meta(max_length=64)]
+SeriesId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+ActionId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+Pair = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
+
 
 class Tick(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=False):
-    symbol: str
+    symbol: TickSymbol
     price: float
-    ts: int | None = None  # producer's UTC time, integer ns; None: time of receipt
-    seq: int | None = None  # optional, increasing per symbol
+    ts: Nanos | None = None  # producer's UTC time, integer ns; None: time of receipt
+    seq: Seq | None = None  # optional, increasing per symbol
 
 
 class FxRate(msgspec.Struct, frozen=True, gc=False):
-    pair: str  # e.g. EURUSD: units of USD per 1 EUR
+    pair: Pair  # e.g. EURUSD: units of USD per 1 EUR
     rate: float
-    ts: int | None = None
+    ts: Nanos | None = None
 
 
 class ReferenceLevel(msgspec.Struct, frozen=True, gc=False):
-    index: str
+    index: SeriesId
     level: float
-    ts: int | None = None
+    ts: Nanos | None = None
 
 
 class _Action(
     msgspec.Struct, frozen=True, tag_field="action", forbid_unknown_fields=True, kw_only=True
 ):
-    id: str
-    effective: int | None = None  # UTC ns; None: now
+    id: ActionId
+    effective: Nanos | None = None  # UTC ns; None: now
 
 
 class Split(_Action, frozen=True, tag="split"):
-    symbol: str
+    symbol: Symbol
     ratio: float
 
 
 class SpecialDividend(_Action, frozen=True, tag="special_dividend"):
-    symbol: str
+    symbol: Symbol
     amount: float
 
 
 class Dividend(_Action, frozen=True, tag="dividend"):
-    symbol: str
+    symbol: Symbol
     amount: float
 
 
 class Rights(_Action, frozen=True, tag="rights"):
-    symbol: str
+    symbol: Symbol
     ratio: float
     price: float
 
 
 class Spinoff(_Action, frozen=True, tag="spinoff"):
-    symbol: str
+    symbol: Symbol
     ratio: float
     price: float
 
 
 class SharesChange(_Action, frozen=True, tag="shares"):
-    symbol: str
+    symbol: Symbol
     shares: float | None = None
     iwf: float | None = None
     awf: float | None = None
-    index: str | None = None  # None: every index holding the symbol
+    index: SeriesId | None = None  # None: every index holding the symbol
 
 
 class AddConstituent(_Action, frozen=True, tag="add"):
-    index: str
-    symbol: str
+    index: SeriesId
+    symbol: Symbol
     shares: float | None = None
     iwf: float | None = None
     awf: float | None = None
@@ -91,13 +109,19 @@ class AddConstituent(_Action, frozen=True, tag="add"):
 
 
 class DeleteConstituent(_Action, frozen=True, tag="delete"):
-    index: str
-    symbol: str
+    index: SeriesId
+    symbol: Symbol
 
 
 class Rebalance(_Action, frozen=True, tag="rebalance"):
-    index: str
+    index: SeriesId
     constituents: tuple[ConstituentSpec, ...] | None = None
+
+
+class Close(_Action, frozen=True, tag="close"):
+    """An official close on demand (operators, recorded data): one index, or all."""
+
+    index: SeriesId | None = None
 
 
 Action = (
@@ -110,6 +134,7 @@ Action = (
     | AddConstituent
     | DeleteConstituent
     | Rebalance
+    | Close
 )
 
 Message = Tick | FxRate | ReferenceLevel | Action
@@ -138,19 +163,22 @@ class PayloadDecoder(Generic[T]):
         self._msgpack_any = msgspec.msgpack.Decoder()
 
     def decode(self, payload: bytes) -> Decoded[T]:
+        """Total: any payload gives usable messages and a count of malformed elements;
+        nothing raises (hostile nesting, invalid UTF-8, out-of-range integers included)."""
         is_json = _looks_like_json(payload)
         try:
             value = (self._json if is_json else self._msgpack).decode(payload)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            return self._decode_slowly(payload, is_json, str(exc))
+        except DECODE_ERRORS as exc:
+            return self._decode_slowly(payload, is_json, _describe(exc))
         if isinstance(value, list):
             return Decoded(value)
         return Decoded([value])
 
     def _decode_slowly(self, payload: bytes, is_json: bool, first_error: str) -> Decoded[T]:
+        """Element by element, so that one bad element of a batch costs only itself."""
         try:
             value = (self._json_any if is_json else self._msgpack_any).decode(payload)
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except DECODE_ERRORS:
             return Decoded([], 1, first_error)
         items = value if isinstance(value, list) else [value]
         good: list[T] = []
@@ -159,10 +187,30 @@ class PayloadDecoder(Generic[T]):
         for item in items:
             try:
                 good.append(msgspec.convert(item, self._type))
-            except msgspec.ValidationError as exc:
+            except DECODE_ERRORS as exc:
                 bad += 1
-                error = str(exc)
+                error = _describe(exc)
         return Decoded(good, bad, error)
+
+
+# What decoding hostile bytes can raise: msgspec's own errors, RecursionError for deep nesting
+# (msgspec recurses per level) and UnicodeDecodeError for invalid UTF-8 in a MessagePack
+# string.  ValueError and OverflowError cover conversions of odd values.
+DECODE_ERRORS = (
+    msgspec.ValidationError,
+    msgspec.DecodeError,
+    RecursionError,
+    UnicodeDecodeError,
+    ValueError,
+    OverflowError,
+    TypeError,
+)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)[:200] or type(exc).__name__
 
 
 def _looks_like_json(payload: bytes) -> bool:
@@ -224,8 +272,8 @@ def message_from_object(obj: Any) -> Message:
         raise ValueError("not a tick, fx rate, reference level or control action")
     try:
         message: Message = msgspec.convert(obj, _MESSAGE_TYPES[kind])
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"{kind}: {exc}") from None
+    except DECODE_ERRORS as exc:
+        raise ValueError(f"{kind}: {_describe(exc)}") from None
     return message
 
 

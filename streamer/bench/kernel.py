@@ -188,7 +188,7 @@ def measure(
     engine call is timed; the median of several rounds keeps a noisy neighbour on a shared
     machine from deciding the figure.
     """
-    engine = Engine(scenario.definitions, QualitySettings(), clock=lambda: 0)
+    engine = Engine(scenario.definitions, QualitySettings())
     n_batches = max(3, min(2_000_000 // batch, 20_000))
     sids, prices, ts, seqs = _tick_arrays(rng, engine, n_batches * batch, 1)
     span = len(ts)
@@ -205,8 +205,8 @@ def measure(
         done = 0
         started = time.perf_counter()
         deadline = started + budget
-        for args in work:
-            apply(*args)
+        for batch_sids, batch_prices, batch_ts, batch_seqs, now in work:
+            apply(batch_sids, batch_prices, batch_ts, batch_seqs, now=now)
             done += 1
             if time.perf_counter() > deadline:
                 break
@@ -220,7 +220,7 @@ def measure(
         scenario=scenario.name,
         symbols=scenario.symbols,
         indices=scenario.indices,
-        entries=len(engine.members),
+        entries=len(engine.universe.members),
         batch=batch,
         ticks=sum(done for done, _ in timed) * batch,
         ticks_per_s=batch / median_s,

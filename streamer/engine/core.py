@@ -1,63 +1,92 @@
 """The calculation engine: pure and synchronous (sans-I/O).
 
-``Engine.apply`` takes one micro-batch of decoded messages and returns what changed; it never
-waits and never touches a socket, so the async shell only does read -> decode -> apply ->
-publish, and every rule here is tested without a broker.
+``Engine.apply`` takes one micro-batch of decoded messages and the market time ``now`` and
+returns what changed; it never waits, never touches a socket and never reads a clock, so the
+async shell only does read -> decode -> apply -> publish, and every rule here is tested
+without a broker and with time moved by hand.
 
 State per index j: ``sums[j] = sum_i(price_i * fx_i * q_ij)`` over priced constituents,
 ``missing[j]`` unpriced constituents, ``divisor[j]`` (NaN until the index is established, i.e.
 until its first complete set of prices).  Ticks move sums incrementally; FX moves, first prices
 and corporate actions recompute the indices they touch from scratch.
+
+What is checkpointed (see ``engine.snapshot``) is the universe's columns, divisors, returns,
+pending and applied actions, references and the calendars' last closes; everything else here
+(sums, counts, row caches, marks) is derived from them and rebuilt on restore.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
-import time
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from streamer.config import IndexDefinition, QualitySettings
+from streamer.config import KNOWN_CURRENCIES, IndexDefinition, QualitySettings
 from streamer.engine import kernels
 from streamer.engine.actions import apply_action
-from streamer.engine.fx import FxBook
-from streamer.engine.quality import screen_one, screen_round, screen_runs
+from streamer.engine.adjust import audit_records, continuous_divisors
+from streamer.engine.arrays import F64, I64, MAX_TS, NO_SEQ, NO_TS, Mask, float_cells, int_cells
+from streamer.engine.quality import Screen, screen_one, screen_round, screen_runs
 from streamer.engine.results import (
     BAD_PRICE,
+    FUTURE_TS,
     OUT_OF_ORDER,
     REJECTED,
+    UNKNOWN_PAIR,
     UNKNOWN_SYMBOL,
     AuditRecord,
     BatchResult,
+    CloseRecord,
     SeriesLevel,
 )
 from streamer.engine.returns import ReturnsBook
-from streamer.engine.universe import (
-    F64,
-    I64,
-    NO_SEQ,
-    Mask,
-    Membership,
-    SymbolBook,
-    float_cells,
-    int_cells,
+from streamer.engine.schedule import (
+    Agenda,
+    Cursor,
+    Event,
+    ScheduledClose,
+    SessionRules,
 )
+from streamer.engine.state import EngineState
+from streamer.engine.universe import SymbolBook, Universe
+from streamer.engine.weighting import WEIGHTINGS, Weighting
 from streamer.errors import ConfigError
 from streamer.wire import Action, FxRate, ReferenceLevel, Tick
 
 # Batches up to this size take the per-tick path: below it numpy's per-call overhead loses
 # (measured crossover on 500 symbols / 15 indices: about 28 ticks).
 SMALL_BATCH = 24
-# A divisor ratio this close to 1 is rounding, not an event (e.g. a cap-weighted split).
-DIVISOR_EPSILON = 1e-13
 # Equal-weighted indices hold this much index currency of every member at each rebalance.
 EQUAL_WEIGHT_NOTIONAL = 1e6
+# Bounds on what input can make the engine remember (each refused one is counted).
+DEFAULT_MAX_PENDING = 10_000
+DEFAULT_ID_RETENTION_NS = 30 * 86_400 * 1_000_000_000
+NO_TRIGGER = MAX_TS
+MAX_APPLIED_IDS = 1_000_000
 
-Clock = Callable[[], int]
-NO_TS_VALUE = int(np.iinfo(np.int64).min)
+
+def check_definitions(definitions: Sequence[IndexDefinition]) -> None:
+    """Cross-index checks of a universe: one currency and one seed price per symbol."""
+    currency: dict[str, tuple[str, str]] = {}
+    seed: dict[str, tuple[float, str]] = {}
+    for d in definitions:
+        where = d.source or d.id
+        for c in d.constituents:
+            code = c.currency or d.currency
+            known = currency.setdefault(c.symbol, (code, where))
+            if known[0] != code:
+                raise ConfigError(
+                    f"{where}: field `constituents[{c.symbol}].currency`: "
+                    f"{code} here but {known[0]} in another index"
+                )
+            if c.price is not None:
+                first = seed.setdefault(c.symbol, (c.price, where))
+                if not math.isclose(first[0], c.price, rel_tol=1e-12):
+                    raise ConfigError(
+                        f"{where}: field `constituents[{c.symbol}].price`: "
+                        f"{c.price} here but {first[0]} in {first[1]}"
+                    )
 
 
 def _int_column(values: list[int | None], missing: int) -> I64:
@@ -89,18 +118,39 @@ class Engine:
         self,
         definitions: Sequence[IndexDefinition],
         quality: QualitySettings | None = None,
-        clock: Clock = time.time_ns,
+        *,
+        sessions: SessionRules | None = None,
+        start_ns: int = 0,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        id_retention_ns: int = DEFAULT_ID_RETENTION_NS,
+        state: EngineState | None = None,
     ) -> None:
+        """``start_ns``: the market time the engine starts at (seed prices count as fresh
+        from then).  ``sessions``: calendars to follow; None computes around the clock with
+        no session and no scheduled close.  ``state``: a restored state (see
+        ``engine.snapshot``) instead of a fresh one from the definitions."""
         quality = quality or QualitySettings()
-        self.clock = clock
         self.small_batch = SMALL_BATCH
         self.band = quality.max_move_pct / 100.0
         self.stale_after_ns = int(quality.stale_after_s * 1e9)
+        self.max_future_ns = int(getattr(quality, "max_future_s", 5.0) * 1e9)
+        self.reset_gap_ns = int(getattr(quality, "seq_reset_after_s", 30.0) * 1e9)
+        self.max_pending = max_pending
+        self.id_retention_ns = id_retention_ns
+        self.sessions = sessions
         self.definitions = list(definitions)
         self.index_ids = [d.id for d in self.definitions]
         self.slot = {d.id: j for j, d in enumerate(self.definitions)}
-        self.methods = [d.method for d in self.definitions]
+        self.weightings: list[Weighting] = [WEIGHTINGS[d.method] for d in self.definitions]
         self.currencies = [d.currency for d in self.definitions]
+        self.calendar_of = [
+            (getattr(d, "calendar", None) or sessions.default_calendar) if sessions else ""
+            for d in self.definitions
+        ]
+        self.calendars = list(dict.fromkeys(self.calendar_of)) if sessions else []
+        self._calendar_code = np.array(
+            [self.calendars.index(c) if sessions else 0 for c in self.calendar_of], dtype=np.int64
+        )
         n = len(self.definitions)
         self.n_indices = n
         self.configured_divisor: F64 = np.array(
@@ -109,7 +159,14 @@ class Engine:
         self.base_value: F64 = np.array(
             [d.base_value if d.base_value is not None else np.nan for d in self.definitions]
         )
-        self.divisor: F64 = np.full(n, np.nan)
+        # ---- checkpointed state: one object, nothing derived in it
+        self.state = state or EngineState(
+            universe=Universe(self.currencies, self.weightings),
+            divisor=np.full(n, np.nan),
+            returns=ReturnsBook(n),
+            agenda=Agenda(),
+        )
+        # ---- derived
         self.sums: F64 = np.zeros(n)
         self.missing: I64 = np.zeros(n, dtype=np.int64)
         # Per index, the ts of the newest accepted tick of its constituents (0: none yet).
@@ -119,22 +176,14 @@ class Engine:
         self.newest_ts: I64 = np.zeros(n, dtype=np.int64)
         self._stamped: Mask = np.zeros(0, dtype=np.bool_)
         self._any_stamped = False
-        # The per-tick path's views of these arrays, which are therefore only written in place.
-        self._sum_cells = float_cells(self.sums)
         self._newest_cells = int_cells(self.newest_ts)
+        self._sum_cells = float_cells(self.sums)
         # Stale constituents per index, for the stale-symbol mask it was counted from.
         self._stale_counts: tuple[tuple[bytes, int], I64] | None = None
+        self._last_stale: I64 = np.full(n, -1, dtype=np.int64)  # as last reported
         self.dirty: Mask = np.zeros(n, dtype=np.bool_)
-        self.returns = ReturnsBook(n)
-        self.book = SymbolBook()
-        self.fx = FxBook()
-        self.members = Membership()
         self.max_drift = 0.0
         self.applied_actions = 0
-        self._pending: list[tuple[int, int, Action]] = []
-        self._order = itertools.count()
-        self._seen_actions: set[str] = set()
-        self.references: dict[str, tuple[float, int]] = {}
         self.series: list[tuple[str, int, str]] = [
             (sid, j, variant)
             for j, d in enumerate(self.definitions)
@@ -148,9 +197,10 @@ class Engine:
         # The series of each index once it is established (a divisor, once set, stays set).
         self._publishable_series: list[list[str]] = [[] for _ in range(n)]
         self._series_index = np.array([j for _, j, _ in self.series], dtype=np.int64)
-        # Per-symbol rows as Python lists, for the per-tick path; cleared whenever weights or
-        # the set of established indices change.
+        # Per-symbol rows as Python lists, for the per-tick path; valid for one universe
+        # version and one set of established indices.
         self._row_cache: dict[int, Row] = {}
+        self._row_version = -1
         self._any_dirty = False
         # The per-tick path marks changes here, cheaper than in ``dirty``: indices, or the rows
         # of symbols that moved alone.
@@ -159,90 +209,96 @@ class Engine:
         self._series_by_id = {s: (j, v) for s, j, v in self.series}
         self._series_position = {s: k for k, (s, _, _) in enumerate(self.series)}
         self._maybe_unestablished = True
-        self._load_constituents()
+        self._next_trigger = NO_TRIGGER
+        self._gate_layout = -1  # the universe layout the session gate was computed for
+        self._result: BatchResult | None = None  # the batch being applied (closes report here)
+        self.now = start_ns  # the latest market time the engine was given
+        check_definitions(self.definitions)
+        if state is None:
+            self._load_constituents(start_ns)
+        else:
+            self._after_load()
+            self._schedule_restored_closes()
+            self._establish(np.arange(self.n_indices))  # indices the config added
+
+    # The parts of the state, under the names the rest of the engine uses.
+    @property
+    def universe(self) -> Universe:
+        return self.state.universe
+
+    @property
+    def divisor(self) -> F64:
+        return self.state.divisor
+
+    @property
+    def returns(self) -> ReturnsBook:
+        return self.state.returns
+
+    @property
+    def agenda(self) -> Agenda:
+        return self.state.agenda
+
+    @property
+    def applied(self) -> dict[str, int]:
+        return self.state.applied
+
+    @property
+    def references(self) -> dict[str, tuple[float, int]]:
+        return self.state.references
+
+    @property
+    def cursors(self) -> dict[str, Cursor]:
+        return self.state.cursors
+
+    @property
+    def revision(self) -> int:
+        return self.state.revision
+
+    def _revise(self) -> None:
+        self.state.revision += 1
 
     # ------------------------------------------------------------------ construction
 
-    def _load_constituents(self) -> None:
-        now = self.clock()
-        seed: dict[str, tuple[float, str]] = {}
-        rows: list[tuple[int, int, float, float, float, float, float]] = []
-        for j, d in enumerate(self.definitions):
+    def _load_constituents(self, start_ns: int) -> None:
+        book = self.universe.book
+        for d in self.definitions:
             for c in d.constituents:
-                currency = c.currency or d.currency
-                sid = self.book.ids.get(c.symbol)
-                if sid is None:
-                    sid = self.book.add(c.symbol, currency, now)
-                elif self.book.currency[sid] != currency:
-                    raise ConfigError(
-                        f"{d.source or d.id}: field `constituents[{c.symbol}].currency`: "
-                        f"{currency} here but {self.book.currency[sid]} in another index"
-                    )
+                sid = self.universe.add_symbol(c.symbol, c.currency or d.currency, start_ns)
                 if c.price is not None:
-                    if c.symbol in seed and not math.isclose(
-                        seed[c.symbol][0], c.price, rel_tol=1e-12
-                    ):
-                        raise ConfigError(
-                            f"{d.source or d.id}: field `constituents[{c.symbol}].price`: "
-                            f"{c.price} here but {seed[c.symbol][0]} in {seed[c.symbol][1]}"
-                        )
-                    seed[c.symbol] = (c.price, d.source or d.id)
-                    self.book.price[sid] = c.price
-                rows.append(
-                    (
-                        sid,
-                        j,
-                        c.shares,
-                        c.iwf,
-                        c.awf,
-                        c.withholding,
-                        self._q(j, c.shares, c.iwf, c.awf),
-                    )
-                )
-        self._append_entries(rows)
-        self._rebuild()
-        sums, self.missing = kernels.full_sums(self.members, self.book.price, self.n_indices)
-        self.sums[:] = sums
+                    book.price[sid] = c.price
+        self.universe.populate([d.constituents for d in self.definitions], start_ns)
+        self._after_load()
         self._establish(np.arange(self.n_indices))
 
-    def _q(self, j: int, shares: float, iwf: float, awf: float) -> float:
-        """Index shares: cap: shares*IWF*AWF; price: the weighting factor (AWF, default 1);
-        equal: set at the first complete prices and at each rebalance (1 until then, which
-        only marks the member as present: an index publishes nothing before it is set)."""
-        method = self.methods[j]
-        if method == "cap":
-            return shares * iwf * awf
-        if method == "price":
-            return awf
-        return 1.0
+    def _schedule_restored_closes(self) -> None:
+        """Restored cursors know the last close taken; their next closes are scheduled."""
+        for cursor in self.cursors.values():
+            self._schedule_close(cursor)
 
-    def _append_entries(
-        self, rows: Sequence[tuple[int, int, float, float, float, float, float]]
-    ) -> None:
-        if not rows:
-            return
-        columns = list(zip(*rows, strict=True))
-        sid = np.array(columns[0], dtype=np.int64)
-        index = np.array(columns[1], dtype=np.int64)
-        fx_slot = np.array(
-            [self.fx.slot(self.book.currency[s], self.currencies[j]) for s, j, *_ in rows],
-            dtype=np.int64,
+    def _after_load(self) -> None:
+        """Derive everything that follows from the checkpointed state."""
+        sums, self.missing = kernels.full_sums(
+            self.universe.members, self.universe.book.price, self.n_indices
         )
-        shares, iwf, awf, withholding, q = (np.array(c, dtype=np.float64) for c in columns[2:])
-        self.members.append(sid, index, shares, iwf, awf, withholding, q, fx_slot)
-
-    def _rebuild(self) -> None:
-        self.members.rebuild(len(self.book), self.n_indices, self.fx.factor)
+        self.sums[:] = sums
+        self.newest_ts[:] = 0
+        members = self.universe.members
+        kernels.raise_newest(
+            members, self.newest_ts, np.unique(members.sid), self.universe.book.source_ts
+        )
+        established = ~np.isnan(self.divisor)
+        for j in range(self.n_indices):
+            self._publishable_series[j] = self._series_of_index[j] if established[j] else []
+        self._maybe_unestablished = not bool(established.all())
         self._row_cache.clear()
-
-    def _refresh_fx(self) -> None:
-        self.members.refresh_fx(self.fx.factor)
-        self._row_cache.clear()
+        self._stale_counts = None
+        self._gate_layout = -1
+        self._refresh_trigger()
 
     def _row(self, sid: int) -> Row:
         row = self._row_cache.get(sid)
         if row is None:
-            m = self.members
+            m = self.universe.members
             start, stop = int(m.row_ptr[sid]), int(m.row_ptr[sid + 1])
             indices, weights = m.index[start:stop].tolist(), m.qfx0[start:stop].tolist()
             entries = list(zip(indices, weights, strict=True))
@@ -251,7 +307,7 @@ class Engine:
             row = self._row_cache[sid] = Row(entries, moves, series)
         return row
 
-    def _mark_dirty(self, indices: I64 | Mask | slice) -> None:
+    def _mark_dirty(self, indices: I64 | Mask | slice | list[int]) -> None:
         self.dirty[indices] = True
         self._any_dirty = True
 
@@ -263,49 +319,120 @@ class Engine:
         fx: Sequence[FxRate] = (),
         actions: Sequence[Action] = (),
         references: Sequence[ReferenceLevel] = (),
+        *,
+        now: int,
         received_ns: int | None = None,
     ) -> BatchResult:
-        """Apply one micro-batch; returns outcome counts, changed series and audit records."""
-        now = self.clock() if received_ns is None else received_ns
-        result = BatchResult()
+        """Apply one micro-batch at market time ``now``; returns outcome counts, changed
+        series, audit records and closes.  ``received_ns`` (default ``now``) is when the
+        batch was received: ticks stamped more than ``max_future_s`` after it are refused.
+        A tick without ts is stamped ``now``."""
+        screen = self._begin(now, now if received_ns is None else received_ns)
+        result = screen.result
         for action in actions:
             self._submit(action, now, result)
-        if len(ticks) <= self.small_batch and self._steady:
+        quiet = not self._maybe_unestablished and (
+            self._next_trigger == NO_TRIGGER or self._quiet_until(now, ticks, fx)
+        )
+        if len(ticks) <= self.small_batch and quiet:
             # A few ticks: straight from the messages to Python scalars, no arrays on the way.
             if fx:
-                self._apply_fx(fx, now, result)
+                self._apply_fx(fx, screen)
             if len(ticks) == 1:
                 t = ticks[0]
                 self._screen_and_move_one(
-                    self.book.ids[t.symbol],
+                    self.universe.book.ids[t.symbol],
                     t.price,
                     now if t.ts is None else t.ts,
                     NO_SEQ if t.seq is None else t.seq,
-                    now,
-                    result,
+                    screen,
                 )
             elif ticks:
-                ids = self.book.ids
+                ids = self.universe.book.ids
                 self._screen_and_move_each(
                     [ids[t.symbol] for t in ticks],
                     [t.price for t in ticks],
                     [now if t.ts is None else t.ts for t in ticks],
                     [NO_SEQ if t.seq is None else t.seq for t in ticks],
-                    now,
-                    result,
+                    screen,
                 )
         elif ticks or fx:
             symbols, sids, prices, ts, seqs = self._columns(ticks, now)
-            self._apply_ticks(sids, prices, ts, seqs, now, result, symbols, list(fx))
-        self._finish(now, result)
+            self._apply_ticks(sids, prices, ts, seqs, screen, symbols, list(fx))
+        self._finish(now, screen)
         for ref in references:
             self._reference(ref, result)
         return result
 
+    def apply_tick_arrays(
+        self, sids: I64, prices: F64, ts: I64, seqs: I64, *, now: int
+    ) -> BatchResult:
+        """The kernel entry point for already-decoded arrays (sid -1 = unknown symbol)."""
+        screen = self._begin(now, now)
+        n = len(sids)
+        quiet = not self._maybe_unestablished and (
+            self._next_trigger == NO_TRIGGER or self._quiet_until(now, ts)
+        )
+        if n > self.small_batch or not quiet:
+            self._apply_ticks(sids, prices, ts, seqs, screen)
+        elif n == 1:
+            self._screen_and_move_one(
+                sids.item(0), prices.item(0), ts.item(0), seqs.item(0), screen
+            )
+        elif n:
+            self._screen_and_move_each(
+                sids.tolist(), prices.tolist(), ts.tolist(), seqs.tolist(), screen
+            )
+        self._finish(now, screen)
+        return screen.result
+
+    def advance(self, now: int) -> BatchResult:
+        """Fire what is due at market time ``now`` (actions, closes) and report series whose
+        stale count changed (call it on a timer, so that a dead feed shows)."""
+        screen = self._begin(now, now)
+        self._finish(now, screen)
+        self._report_staleness(now, screen.result)
+        return screen.result
+
+    def _begin(self, now: int, received: int) -> Screen:
+        """Per batch: the market time moves on, caches follow the universe, sessions are
+        started; returns the batch's screening parameters (which carry its result)."""
+        if now > self.now:
+            self.now = now
+        if self._row_version != self.universe.version:
+            self._row_cache.clear()
+            self._row_version = self.universe.version
+        if self.sessions is not None:
+            self._follow_sessions(now)
+        return Screen(
+            self.band, now, received + self.max_future_ns, self.reset_gap_ns, BatchResult()
+        )
+
+    def _quiet_until(
+        self, now: int, ticks: Sequence[Tick] | I64, fx: Sequence[FxRate] = ()
+    ) -> bool:
+        """No batch cutting needed: every index established, and no event fires before the
+        batch's clock and messages are done."""
+        if self._maybe_unestablished:
+            return False
+        trigger = self._next_trigger
+        if trigger == NO_TRIGGER:
+            return True
+        if now >= trigger:
+            return False
+        if isinstance(ticks, np.ndarray):
+            if len(ticks) and int(ticks.max()) >= trigger:
+                return False
+        else:
+            for t in ticks:
+                if t.ts is not None and t.ts >= trigger:
+                    return False
+        return all(r.ts is None or r.ts < trigger for r in fx)
+
     @property
     def _steady(self) -> bool:
-        """No pending action and every index established: no batch needs cutting."""
-        return not (self._pending or self._maybe_unestablished)
+        """No pending event and every index established: no batch needs cutting."""
+        return self._next_trigger == NO_TRIGGER and not self._maybe_unestablished
 
     def _columns(self, ticks: Sequence[Tick], now: int) -> tuple[list[str], I64, F64, I64, I64]:
         """Ticks as columns.  At high rates this is most of the engine's share: list
@@ -316,37 +443,15 @@ class Engine:
         prices = np.fromiter([t.price for t in ticks], np.float64, n)
         ts = _int_column([t.ts for t in ticks], now)
         seqs = _int_column([t.seq for t in ticks], NO_SEQ)
-        return symbols, self.book.lookup(symbols), prices, ts, seqs
-
-    def apply_tick_arrays(
-        self, sids: I64, prices: F64, ts: I64, seqs: I64, received_ns: int | None = None
-    ) -> BatchResult:
-        """The kernel entry point for already-decoded arrays (sid -1 = unknown symbol)."""
-        now = self.clock() if received_ns is None else received_ns
-        result = BatchResult()
-        n = len(sids)
-        if n > self.small_batch or not self._steady:
-            self._apply_ticks(sids, prices, ts, seqs, now, result)
-        elif n == 1:
-            self._screen_and_move_one(
-                sids.item(0), prices.item(0), ts.item(0), seqs.item(0), now, result
-            )
-        else:
-            self._screen_and_move_each(
-                sids.tolist(), prices.tolist(), ts.tolist(), seqs.tolist(), now, result
-            )
-        self._finish(now, result)
-        return result
-
-    def advance(self, now_ns: int | None = None) -> BatchResult:
-        """Apply the pending actions whose effective time has come (call it on a timer)."""
-        now = self.clock() if now_ns is None else now_ns
-        result = BatchResult()
-        self._finish(now, result)
-        return result
+        return symbols, self.universe.book.lookup(symbols), prices, ts, seqs
 
     def symbol_ids(self, symbols: list[str]) -> I64:
-        return self.book.lookup(symbols)
+        return self.universe.book.lookup(symbols)
+
+    @property
+    def book(self) -> SymbolBook:
+        """The symbol book (read-only use: tools and benchmarks)."""
+        return self.universe.book
 
     # ------------------------------------------------------------------ ticks
 
@@ -356,28 +461,28 @@ class Engine:
         prices: F64,
         ts: I64,
         seqs: I64,
-        now: int,
-        result: BatchResult,
+        screen: Screen,
         symbols: list[str] | None = None,
         fx: list[FxRate] | None = None,
     ) -> None:
         """Apply ticks and FX rates, split where the batch's order matters.
 
         Batching must not change results, so the batch is cut at two kinds of moments, in
-        timestamp order: a pending action's effective time (ticks and rates stamped before it
-        go first) and, while some index has no divisor yet, each event that may complete it
-        (the first price of one of its symbols, an FX rate): its divisor is fixed from exactly
-        the prices of that moment.  In steady state neither exists and the batch is one call.
+        timestamp order: a pending event's cut (ticks and rates stamped before it go first;
+        an event fires when a tick stamped at or after its trigger is in the batch) and,
+        while some index has no divisor yet, each event that may complete it (the first
+        price of one of its symbols, an FX rate): its divisor is fixed from exactly the
+        prices of that moment.  In steady state neither exists and the batch is one call.
         """
         if self._steady:
             if fx:
-                self._apply_fx(fx, now, result)
+                self._apply_fx(fx, screen)
             if len(sids):
-                self._screen_and_move(sids, prices, ts, seqs, now, result)
+                self._screen_and_move(sids, prices, ts, seqs, screen)
             return
         fx = fx or []
-        fx_ts = np.array([now if r.ts is None else r.ts for r in fx], dtype=np.int64)
-        while self._pending or self._maybe_unestablished:
+        fx_ts = np.array([screen.now_ns if r.ts is None else r.ts for r in fx], dtype=np.int64)
+        while len(self.agenda) or self._maybe_unestablished:
             boundary, inclusive = self._next_boundary(sids, ts, fx_ts)
             if boundary is None:
                 break
@@ -385,12 +490,12 @@ class Engine:
             fx_cut = fx_ts <= boundary if inclusive else fx_ts < boundary
             if fx_cut.any():
                 self._apply_fx(
-                    [r for r, early in zip(fx, fx_cut.tolist(), strict=True) if early], now, result
+                    [r for r, early in zip(fx, fx_cut.tolist(), strict=True) if early], screen
                 )
                 fx = [r for r, early in zip(fx, fx_cut.tolist(), strict=True) if not early]
                 fx_ts = fx_ts[~fx_cut]
             if cut.any():
-                self._screen_and_move(sids[cut], prices[cut], ts[cut], seqs[cut], now, result)
+                self._screen_and_move(sids[cut], prices[cut], ts[cut], seqs[cut], screen)
                 keep = ~cut
                 sids, prices, ts, seqs = sids[keep], prices[keep], ts[keep], seqs[keep]
                 if symbols is not None:
@@ -398,32 +503,31 @@ class Engine:
             if inclusive:
                 self._establish_ready()
                 continue
-            self._apply_due(boundary, result)
+            self._fire_next(screen)
             self._establish_ready()  # an add or rebalance may have completed an index
             unknown = np.flatnonzero(sids < 0)
             if symbols is not None and len(unknown):
                 # An `add` just applied may have made a later tick's symbol known.
-                sids[unknown] = self.book.lookup([symbols[k] for k in unknown.tolist()])
+                sids[unknown] = self.universe.book.lookup([symbols[k] for k in unknown.tolist()])
         if fx:
-            self._apply_fx(fx, now, result)
+            self._apply_fx(fx, screen)
         if len(sids):
-            self._screen_and_move(sids, prices, ts, seqs, now, result)
+            self._screen_and_move(sids, prices, ts, seqs, screen)
 
     def _next_boundary(self, sids: I64, ts: I64, fx_ts: I64) -> tuple[int | None, bool]:
         """The next moment the batch must be cut at: (time, inclusive?) or (None, False).
 
         Inclusive: a completion event, processed with everything up to and including it.
-        Exclusive: an action's effective time, processed after everything before it.
+        Exclusive: an event's cut, processed after everything stamped before it.
         """
         if len(ts) == 0 and len(fx_ts) == 0:
             return None, False
         latest = max(
-            int(ts.max()) if len(ts) else NO_TS_VALUE,
-            int(fx_ts.max()) if len(fx_ts) else NO_TS_VALUE,
+            int(ts.max()) if len(ts) else NO_TS,
+            int(fx_ts.max()) if len(fx_ts) else NO_TS,
         )
-        action = self._pending[0][0] if self._pending else None
-        if action is not None and action > latest:
-            action = None
+        trigger = self.agenda.next_trigger
+        action = self.agenda.next_cut if trigger is not None and trigger <= latest else None
         event = self._next_completion_event(sids, ts, fx_ts) if self._unestablished else None
         if event is None and action is None:
             return None, False
@@ -440,33 +544,30 @@ class Engine:
         if len(fx_ts):
             candidates.append(int(fx_ts.min()))
         if len(ts):
-            m = self.members
-            waiting = np.zeros(len(self.book) + 1, dtype=np.bool_)
+            book = self.universe.book
+            m = self.universe.members
+            waiting = np.zeros(len(book) + 1, dtype=np.bool_)
             waiting[m.sid[np.isnan(self.divisor)[m.index]]] = True
-            waiting &= np.isnan(np.append(self.book.price[: len(self.book)], 0.0))
+            waiting &= np.isnan(np.append(book.price[: len(book)], 0.0))
             firsts = waiting[sids]  # sid -1 maps to the padding slot, never waiting
             if firsts.any():
                 candidates.append(int(ts[firsts].min()))
         return min(candidates) if candidates else None
 
-    def _screen_and_move(
-        self, sids: I64, prices: F64, ts: I64, seqs: I64, now: int, result: BatchResult
-    ) -> None:
+    def _screen_and_move(self, sids: I64, prices: F64, ts: I64, seqs: I64, screen: Screen) -> None:
         if len(sids) <= self.small_batch:
             self._screen_and_move_each(
-                sids.tolist(), prices.tolist(), ts.tolist(), seqs.tolist(), now, result
+                sids.tolist(), prices.tolist(), ts.tolist(), seqs.tolist(), screen
             )
             return
         known = sids >= 0
         if not known.all():
-            result.outcomes[REJECTED, UNKNOWN_SYMBOL] += int((~known).sum())
+            screen.outcomes[REJECTED, UNKNOWN_SYMBOL] += int((~known).sum())
             sids, prices, ts, seqs = sids[known], prices[known], ts[known], seqs[known]
             if len(sids) == 0:
                 return
-        book = self.book
-        touched, before, rest = screen_runs(
-            book, sids, prices, ts, seqs, self.band, now, result.outcomes
-        )
+        book = self.universe.book
+        touched, before, rest = screen_runs(book, sids, prices, ts, seqs, screen)
         if len(rest):
             sids, prices, ts, seqs = sids[rest], prices[rest], ts[rest], seqs[rest]
             rest_counts = np.bincount(sids, minlength=len(book))
@@ -477,9 +578,7 @@ class Engine:
                     prices[positions],
                     ts[positions],
                     seqs[positions],
-                    self.band,
-                    now,
-                    result.outcomes,
+                    screen,
                 )
         # Their indices' newest tick is raised when levels are next read (once per publish
         # cycle, not per batch); a symbol whose tick was not accepted changes nothing there.
@@ -499,20 +598,21 @@ class Engine:
             self._first_prices(touched[first])
 
     def _screen_and_move_one(
-        self, sid: int, price: float, ts: int, seq: int, now: int, result: BatchResult
+        self, sid: int, price: float, ts: int, seq: int, screen: Screen
     ) -> None:
         """``_screen_and_move_each`` for a batch of one tick (every single-tick message)."""
         if sid < 0:
-            result.outcomes[REJECTED, UNKNOWN_SYMBOL] += 1
+            screen.outcomes[REJECTED, UNKNOWN_SYMBOL] += 1
             return
-        cells = self.book.cells
+        book = self.universe.book
+        cells = book.cells
         old = cells.price[sid]
-        if screen_one(cells, sid, price, ts, seq, self.band, now, result.outcomes):
+        if screen_one(cells, book.gated, sid, price, ts, seq, screen):
             self._move_alone(sid, old)
 
     def _move_alone(self, sid: int, old: float) -> None:
         """Move the indices of the only symbol accepted in a batch from its ``old`` price."""
-        cells = self.book.cells
+        cells = self.universe.book.cells
         row = self._row_cache.get(sid) or self._row(sid)
         self._stamp_newest(row.entries, cells.source_ts[sid])
         change = cells.price[sid] - old
@@ -537,22 +637,22 @@ class Engine:
         prices: list[float],
         ts: list[int],
         seqs: list[int],
-        now: int,
-        result: BatchResult,
+        screen: Screen,
     ) -> None:
         """The vector path's rules one tick at a time, on Python scalars: screen each tick in
         order, then move each symbol by its net change, stamped with its last accepted tick's
         ts.  Below ``small_batch`` ticks this beats numpy's per-call overhead."""
-        cells = self.book.cells
+        book = self.universe.book
+        cells, gated = book.cells, book.gated
         price_of = cells.price
-        band, outcomes = self.band, result.outcomes
+        outcomes = screen.outcomes
         before: dict[int, float] = {}  # accepted symbols -> their price before the batch
         for sid, price, t, seq in zip(sids, prices, ts, seqs, strict=True):
             if sid < 0:
                 outcomes[REJECTED, UNKNOWN_SYMBOL] += 1
                 continue
             old = price_of[sid]
-            if screen_one(cells, sid, price, t, seq, band, now, outcomes) and sid not in before:
+            if screen_one(cells, gated, sid, price, t, seq, screen) and sid not in before:
                 before[sid] = old
         if not before:
             return
@@ -581,54 +681,60 @@ class Engine:
             self._first_prices(np.array(first, dtype=np.int64))
 
     def _move(self, sids: I64, price_change: F64) -> None:
-        delta = kernels.move_indices(self.members, sids, price_change, self.sums)
+        delta = kernels.move_indices(self.universe.members, sids, price_change, self.sums)
         self._mark_dirty(delta != 0.0)
 
     def _first_prices(self, sids: I64) -> None:
-        entries = self.members.rows(np.unique(sids))
-        self._recompute_indices(np.unique(self.members.index[entries]))
+        members = self.universe.members
+        entries = members.rows(np.unique(sids))
+        self._recompute_indices(np.unique(members.index[entries]))
 
     def _recompute_indices(self, indices: I64) -> None:
         if len(indices) == 0:
             return
-        sums, missing = kernels.sums_of(self.members, self.book.price, indices, self.n_indices)
+        universe = self.universe
+        sums, missing = kernels.sums_of(
+            universe.members, universe.book.price, indices, self.n_indices
+        )
         self.sums[indices] = sums[indices]
         self.missing[indices] = missing[indices]
         self._mark_dirty(indices)
 
     # ------------------------------------------------------------------ fx and references
 
-    def _apply_fx(self, rates: Sequence[FxRate], now: int, result: BatchResult) -> None:
+    def _apply_fx(self, rates: Sequence[FxRate], screen: Screen) -> None:
+        outcomes = screen.outcomes
         updated = False
         for r in rates:
-            if not (len(r.pair) == 6 and r.pair.isalpha() and r.pair.isupper()):
-                result.outcomes[REJECTED, UNKNOWN_SYMBOL] += 1
+            pair = r.pair
+            ts = screen.now_ns if r.ts is None else r.ts
+            if not (
+                len(pair) == 6 and pair[:3] in KNOWN_CURRENCIES and pair[3:] in KNOWN_CURRENCIES
+            ):
+                outcomes[REJECTED, UNKNOWN_PAIR] += 1
             elif not (math.isfinite(r.rate) and r.rate > 0.0):
-                result.outcomes[REJECTED, BAD_PRICE] += 1
-            elif not self.fx.update(r.pair, r.rate, now if r.ts is None else r.ts):
-                result.outcomes[REJECTED, OUT_OF_ORDER] += 1
+                outcomes[REJECTED, BAD_PRICE] += 1
+            elif ts > screen.future_limit:
+                outcomes[REJECTED, FUTURE_TS] += 1
+            elif not self.universe.update_fx(pair, r.rate, ts):
+                outcomes[REJECTED, OUT_OF_ORDER] += 1
             else:
-                result.outcomes["accepted", "ok"] += 1
+                outcomes["accepted", "ok"] += 1
                 updated = True
-        if not updated:
-            return
-        previous = self.fx.refresh()
-        changed_slots = np.flatnonzero(
-            (previous != self.fx.factor) & ~(np.isnan(previous) & np.isnan(self.fx.factor))
-        )
-        if len(changed_slots) == 0:
-            return
-        self._refresh_fx()
-        affected = np.isin(self.members.fx_slot, changed_slots)
-        self._recompute_indices(np.unique(self.members.index[affected]))
+        if updated:
+            self._recompute_indices(self.universe.refresh_fx())
 
     def _reference(self, ref: ReferenceLevel, result: BatchResult) -> None:
-        if ref.index not in self._series_by_id or not (math.isfinite(ref.level) and ref.level > 0):
+        if ref.index not in self._series_by_id:
+            result.reject_reference(ref.index, "unknown_index")
+            return
+        if not (math.isfinite(ref.level) and ref.level > 0):
+            result.reject_reference(ref.index, "bad_level")
             return
         self.references[ref.index] = (ref.level, ref.ts or 0)
         level = self.level_of(ref.index)
         if level is not None:
-            result.deviations[ref.index] = (level / ref.level - 1.0) * 1e4
+            result.deviations = {**result.deviations, ref.index: (level / ref.level - 1.0) * 1e4}
 
     def deviation_bps(self, series: str) -> float | None:
         """Computed level vs the last reference level for ``series``, in basis points."""
@@ -640,12 +746,16 @@ class Engine:
 
     # ------------------------------------------------------------------ establishing levels
 
-    def _finish(self, now: int, result: BatchResult) -> None:
-        """Apply the actions now due, fix new divisors, and list the series that changed."""
-        if self._pending:
-            self._apply_due(now, result)
+    def _finish(self, now: int, screen: Screen) -> None:
+        """Fire the events now due, fix new divisors, and list the series that changed."""
+        result = screen.result
+        if self._next_trigger <= now:
+            self._fire_due(now, screen)
         if self._maybe_unestablished:
             self._establish_ready()
+        if screen.resets:
+            names = self.universe.book.names
+            result.add_seq_resets(names[sid] for sid in dict.fromkeys(screen.resets))
         dirty_few, moved_rows = self._dirty_few, self._moved_rows
         if not (self._any_dirty or dirty_few) and len(moved_rows) <= 1:
             # At most one symbol moved, by the per-tick path: its row lists the series.
@@ -673,10 +783,9 @@ class Engine:
 
     def _establish_ready(self) -> None:
         if self._unestablished:
+            members = self.universe.members
             self._establish(
-                np.flatnonzero(
-                    np.isnan(self.divisor) & (self.missing == 0) & (self.members.count > 0)
-                )
+                np.flatnonzero(np.isnan(self.divisor) & (self.missing == 0) & (members.count > 0))
             )
 
     @property
@@ -688,13 +797,14 @@ class Engine:
         candidates = candidates[
             np.isnan(self.divisor[candidates])
             & (self.missing[candidates] == 0)
-            & (self.members.count[candidates] > 0)
+            & (self.universe.members.count[candidates] > 0)
         ]
         if len(candidates) == 0:
             return
-        equal = [j for j in candidates.tolist() if self.methods[j] == "equal"]
-        if equal:
-            self._set_equal_weights(np.array(equal, dtype=np.int64), EQUAL_WEIGHT_NOTIONAL)
+        for j in candidates.tolist():
+            if self.weightings[j].sets_weights_from_prices:
+                self.universe.set_equal_weights(j, EQUAL_WEIGHT_NOTIONAL)
+        self._recompute_indices(candidates)
         sums = self.sums[candidates]
         given = self.configured_divisor[candidates]
         self.divisor[candidates] = np.where(
@@ -706,44 +816,231 @@ class Engine:
         self._row_cache.clear()  # rows list the series of established indices
         self._mark_dirty(candidates)
         self._maybe_unestablished = bool(np.isnan(self.divisor).any())
+        self._revise()
 
-    def _set_equal_weights(self, indices: I64, notional: float | F64) -> None:
-        """q = notional / (price * fx): every member of each index then holds the same value."""
-        targets = np.broadcast_to(np.asarray(notional, dtype=np.float64), indices.shape)
-        m = self.members
-        for j, value in zip(indices.tolist(), targets.tolist(), strict=True):
-            rows = m.of_index(j)
-            unit = self.book.price[m.sid[rows]] * self.fx.factor[m.fx_slot[rows]]
-            m.q[rows] = value / unit
-        self._refresh_fx()
-        self._recompute_indices(indices)
-
-    # ------------------------------------------------------------------ corporate actions
+    # ------------------------------------------------------------------ scheduled events
 
     def _submit(self, action: Action, now: int, result: BatchResult) -> None:
-        if action.id in self._seen_actions:
-            result.rejected_actions.append((action.id, "duplicate"))
-            return
-        self._seen_actions.add(action.id)
         effective = now if action.effective is None else action.effective
-        heapq.heappush(self._pending, (effective, next(self._order), action))
+        if action.id in self.applied or action.id in self.agenda.ids:
+            result.reject_action(action.id, "duplicate")
+            return
+        if effective < now - self.id_retention_ns:
+            # Older than the ids we remember: it may have been applied and forgotten.
+            result.reject_action(action.id, "expired")
+            return
+        if self.agenda.actions >= self.max_pending:
+            result.reject_action(action.id, "too_many_pending")
+            return
+        self.agenda.push(effective, effective, action)
+        result.accept_action(action.id)
+        self._revise()
+        self._refresh_trigger()
 
-    def _apply_due(self, now: int, result: BatchResult) -> None:
-        while self._pending and self._pending[0][0] <= now:
-            # An index completed by this batch's earlier ticks has its divisor before the
-            # action adjusts it.
-            self._establish_ready()
-            effective, _, action = heapq.heappop(self._pending)
-            outcome = apply_action(self, action, effective)
-            if isinstance(outcome, str):
-                result.rejected_actions.append((action.id, outcome))
-            else:
-                self.applied_actions += 1
-                result.audit.extend(outcome)
+    def _refresh_trigger(self) -> None:
+        trigger = self.agenda.next_trigger
+        self._next_trigger = NO_TRIGGER if trigger is None else trigger
+
+    def _fire_due(self, now: int, screen: Screen) -> None:
+        while self._next_trigger <= now:
+            self._fire_next(screen)
+
+    def _fire_next(self, screen: Screen) -> None:
+        """Fire the first pending event (an action, or a calendar's close)."""
+        # An index completed by this batch's earlier ticks has its divisor before the event.
+        self._establish_ready()
+        pending = self.agenda.pop()
+        self._refresh_trigger()
+        result = self._result = screen.result  # where closes taken by the event report
+        event: Event = pending.event
+        if isinstance(event, ScheduledClose):
+            self._close_calendar(event)
+            return
+        outcome = apply_action(self, event, pending.cut)
+        self._revise()
+        if isinstance(outcome, str):
+            result.reject_action(event.id, outcome)
+        else:
+            self.applied[event.id] = pending.cut
+            self.applied_actions += 1
+            result.add_audit(outcome)
+        self._forget_old_ids(pending.cut)
+
+    def _forget_old_ids(self, now: int) -> None:
+        """Applied ids are remembered for ``id_retention`` (older actions are refused as
+        expired, so forgetting them cannot let one apply twice), and at most MAX_APPLIED."""
+        applied = self.applied
+        horizon = now - self.id_retention_ns
+        if len(applied) > 1024 and next(iter(applied.values())) < horizon:
+            self.state.applied = applied = {k: v for k, v in applied.items() if v >= horizon}
+        if len(applied) > MAX_APPLIED_IDS:
+            self.state.applied = dict(list(applied.items())[len(applied) // 2 :])
 
     @property
     def pending_actions(self) -> int:
-        return len(self._pending)
+        return self.agenda.actions
+
+    # ------------------------------------------------------------------ sessions and closes
+
+    def _follow_sessions(self, now: int) -> None:
+        """Start each calendar's cursor on first use, and keep the tick gate current."""
+        rules = self.sessions
+        assert rules is not None
+        if len(self.cursors) < len(self.calendars):
+            for name in self.calendars:
+                if name not in self.cursors:
+                    cursor = self.cursors[name] = Cursor(name, rules.source)
+                    cursor.start(now)
+                    self._schedule_close(cursor)
+            self._gate_layout = -1
+        if self._gate_layout != self.universe.layout:
+            self._update_gate()
+
+    def _schedule_close(self, cursor: Cursor) -> None:
+        rules = self.sessions
+        session = cursor.current
+        if rules is None or session is None:
+            return
+        cut = session.close_ns + 1
+        trigger = session.close_ns + rules.close_delay_ns
+        next_open = cursor.next_open()
+        if next_open is not None and next_open <= trigger:
+            trigger = next_open  # sessions back to back (24/7): the next one's ticks close it
+        if not rules.reject_outside:
+            trigger = cut  # ticks after the close are accepted: they close it at once
+        self.agenda.push(cut, trigger, ScheduledClose(cursor.name, session))
+        self._refresh_trigger()
+
+    def _update_gate(self) -> None:
+        """The session a symbol's ticks must be stamped in: the union of the current
+        sessions of the calendars of the indices holding it."""
+        rules = self.sessions
+        book = self.universe.book
+        n = len(book)
+        self._gate_layout = self.universe.layout
+        if rules is None or not rules.reject_outside:
+            book.set_sessions(np.full(n, NO_TS, np.int64), np.full(n, MAX_TS, np.int64))
+            return
+        opens = np.full(n, MAX_TS, dtype=np.int64)
+        closes = np.full(n, NO_TS, dtype=np.int64)
+        members = self.universe.members
+        held = np.zeros(n, dtype=np.bool_)
+        code_of_entry = self._calendar_code[members.index]
+        for code, name in enumerate(self.calendars):
+            cursor = self.cursors.get(name)
+            symbols = np.unique(members.sid[code_of_entry == code])
+            held[symbols] = True
+            if cursor is None or cursor.current is None:
+                continue
+            np.minimum.at(opens, symbols, cursor.session_start())
+            np.maximum.at(closes, symbols, cursor.current.close_ns)
+        # Symbols no index holds take any ts (they move nothing).
+        opens[~held] = NO_TS
+        closes[~held] = MAX_TS
+        book.set_sessions(opens, closes)
+
+    def _close_calendar(self, event: ScheduledClose) -> None:
+        cursor = self.cursors.get(event.calendar)
+        if cursor is None or cursor.current != event.session:
+            return  # superseded (e.g. a restored cursor moved on)
+        indices = [j for j, name in enumerate(self.calendar_of) if name == event.calendar]
+        self._take_close(indices, event.session.date, event.session.close_ns)
+        cursor.advance()
+        self._schedule_close(cursor)
+        self._update_gate()
+        self._revise()
+
+    def roll(
+        self, indices: Iterable[int] | None, effective: int, action_id: str = ""
+    ) -> list[AuditRecord]:
+        """An operator's close of some indices (None: all) at ``effective``."""
+        js = list(range(self.n_indices)) if indices is None else list(indices)
+        session = ""
+        if js and self.calendar_of[js[0]] in self.cursors:
+            current = self.cursors[self.calendar_of[js[0]]].current
+            session = current.date if current is not None else ""
+        levels = self._take_close(js, session, effective)
+        return [
+            AuditRecord(
+                action_id=action_id,
+                action="close",
+                index=self.index_ids[j],
+                symbol="",
+                effective=effective,
+                divisor_before=float(self.divisor[j]),
+                divisor_after=float(self.divisor[j]),
+                level_before=levels.get(j, math.nan),
+                level_after=levels.get(j, math.nan),
+            )
+            for j in js
+        ]
+
+    def _take_close(self, indices: list[int], session: str, close_ns: int) -> dict[int, float]:
+        """The official close of ``indices``: PR, TR and NTR levels from exact sums; then
+        today's levels become the bases of tomorrow's and the dividend points start over."""
+        result = self._result
+        js = np.array([j for j in indices if not math.isnan(self.divisor[j])], dtype=np.int64)
+        if len(js) == 0:
+            return {}
+        universe = self.universe
+        exact, missing = kernels.sums_of(universe.members, universe.book.price, js, self.n_indices)
+        self.sums[js] = exact[js]
+        self.missing[js] = missing[js]
+        returns = self.returns
+        pr = self.sums[js] / self.divisor[js]
+        tr, ntr = returns.total(pr, js), returns.net(pr, js)
+        gross, net = returns.gross_points[js].copy(), returns.net_points[js].copy()
+        by_variant = {"price": pr, "total": tr, "net": ntr}
+        slot = {j: k for k, j in enumerate(js.tolist())}
+        if result is not None:
+            result.add_closes(
+                CloseRecord(
+                    series=s,
+                    index=self.index_ids[j],
+                    session=session,
+                    close_ns=close_ns,
+                    level=float(by_variant[variant][k]),
+                    divisor=float(self.divisor[j]),
+                    pr_close=float(pr[k]),
+                    tr_close=float(tr[k]),
+                    ntr_close=float(ntr[k]),
+                    gross_points=float(gross[k]),
+                    net_points=float(net[k]),
+                )
+                for s, j, variant in self.series
+                if (k := slot.get(j)) is not None
+            )
+        returns.roll(js, pr)
+        self._mark_dirty(js)
+        self._revise()
+        return {j: float(pr[k]) for j, k in slot.items()}
+
+    # ------------------------------------------------------------------ the action context
+
+    def index_slot(self, index_id: str) -> int | None:
+        return self.slot.get(index_id)
+
+    def index_id(self, j: int) -> str:
+        return self.index_ids[j]
+
+    def weighting(self, j: int) -> Weighting:
+        return self.weightings[j]
+
+    def divisor_of(self, j: int) -> float:
+        return float(self.divisor[j])
+
+    def level(self, j: int) -> float:
+        return float(self.sums[j] / self.divisor[j])
+
+    def unpriced(self, j: int) -> int:
+        return int(self.missing[j])
+
+    def first_prices(self, sids: I64) -> None:
+        self._first_prices(sids)
+
+    def add_dividend_points(self, j: int, gross: float, net: float) -> None:
+        self.returns.add_dividend(j, gross, net)
+        self._mark_dirty([j])
 
     def adjust(
         self,
@@ -759,51 +1056,44 @@ class Engine:
         Sums before and after ``change`` are taken at the same prices, so
         ``divisor_new = divisor_old * S_after / S_before`` keeps each level where it was.
         """
+        universe = self.universe
         js = np.unique(np.fromiter(indices, dtype=np.int64))
         self._newest_per_index()  # fold pending stamps while the membership is the old one
-        before, missing_before = kernels.sums_of(self.members, self.book.price, js, self.n_indices)
+        before, missing_before = kernels.sums_of(
+            universe.members, universe.book.price, js, self.n_indices
+        )
         divisor_before = self.divisor[js].copy()
         change()
+        members = universe.members
         # New members bring their newest tick with them.
         kernels.raise_newest(
-            self.members,
+            members,
             self.newest_ts,
-            self.members.sid[np.isin(self.members.index, js)],
-            self.book.source_ts,
+            members.sid[np.isin(members.index, js)],
+            universe.book.source_ts,
         )
-        after, missing_after = kernels.sums_of(self.members, self.book.price, js, self.n_indices)
-        records = []
-        for k, j in enumerate(js.tolist()):
-            old_divisor = float(divisor_before[k])
-            new_divisor = old_divisor
-            complete = missing_before[j] == 0 and missing_after[j] == 0
-            if not math.isnan(old_divisor) and complete and before[j] > 0:
-                ratio = float(after[j] / before[j])
-                if abs(ratio - 1.0) > DIVISOR_EPSILON:
-                    new_divisor = old_divisor * ratio
-            self.divisor[j] = new_divisor
-            records.append(
-                AuditRecord(
-                    action_id=action_id,
-                    action=action,
-                    index=self.index_ids[j],
-                    symbol=symbol,
-                    effective=effective,
-                    divisor_before=old_divisor,
-                    divisor_after=new_divisor,
-                    level_before=float(before[j] / old_divisor)
-                    if missing_before[j] == 0
-                    else math.nan,
-                    level_after=float(after[j] / new_divisor)
-                    if missing_after[j] == 0
-                    else math.nan,
-                )
-            )
+        after, missing_after = kernels.sums_of(members, universe.book.price, js, self.n_indices)
+        divisor_after = continuous_divisors(
+            divisor_before, before[js], after[js], missing_before[js], missing_after[js]
+        )
+        self.divisor[js] = divisor_after
         self.sums[js] = after[js]
         self.missing[js] = missing_after[js]
         self._mark_dirty(js)
         self._row_cache.clear()
-        return records
+        return audit_records(
+            action_id,
+            action,
+            [self.index_ids[j] for j in js.tolist()],
+            symbol,
+            effective,
+            divisor_before,
+            divisor_after,
+            before[js],
+            after[js],
+            missing_before[js],
+            missing_after[js],
+        )
 
     # ------------------------------------------------------------------ reading levels
 
@@ -835,8 +1125,11 @@ class Engine:
         points = self.returns.gross_points if variant == "total" else self.returns.net_points
         return float(base[j] * (pr + points[j]) / self.returns.pr_close[j])
 
-    def levels(self, series: Iterable[str] | None = None) -> list[SeriesLevel]:
-        """Published fields of every established series (or of those named), in series order.
+    def levels(
+        self, series: Iterable[str] | None = None, *, now: int | None = None
+    ) -> list[SeriesLevel]:
+        """Published fields of every established series (or of those named), in series order,
+        with staleness at market time ``now`` (default: the latest the engine was given).
 
         Publishing metadata is settled here, once per publish cycle rather than per batch:
         the vector path's pending newest-tick stamps are folded in, and stale counts are
@@ -851,7 +1144,8 @@ class Engine:
         if not chosen:
             return []
         js = np.array(sorted({j for _, j, _ in chosen}), dtype=np.int64)
-        stale = self._stale_per_index().take(js)
+        stale = self._stale_per_index(self.now if now is None else now).take(js)
+        self._last_stale[js] = stale
         newest = self._newest_per_index().take(js)
         divisor = self.divisor.take(js)
         pr = self.sums.take(js) / divisor
@@ -867,14 +1161,15 @@ class Engine:
             "net": returns.ntr_close.take(js).tolist(),
         }
         slot = {j: k for k, j in enumerate(js.tolist())}
-        divisors, counts = divisor.tolist(), self.members.count.take(js).tolist()
+        counts = self.universe.members.count
+        divisors, count_list = divisor.tolist(), counts.take(js).tolist()
         stale_list, newest_list = stale.tolist(), newest.tolist()
         out = []
         for s, j, variant in chosen:
             k = slot[j]
             level = level_by_variant[variant][k]
             prev_close = close_by_variant[variant][k]
-            count, stale_count = counts[k], stale_list[k]
+            count, stale_count = count_list[k], stale_list[k]
             out.append(
                 SeriesLevel(
                     series=s,
@@ -891,47 +1186,71 @@ class Engine:
             )
         return out
 
-    def _stale_per_index(self) -> I64:
+    def _stale_per_index(self, now: int) -> I64:
         """Stale constituents of every index (no tick for stale_after_s, or no price yet).
 
         The per-symbol mask is cheap; the count per index reads every membership, so it is
         redone only when the mask or the membership has changed since the last read."""
-        n_symbols = len(self.book)
-        stale_symbol = (self.book.fresh_ns[:n_symbols] < self.clock() - self.stale_after_ns) | (
-            np.isnan(self.book.price[:n_symbols])
+        book = self.universe.book
+        n_symbols = len(book)
+        stale_symbol = (book.fresh_ns[:n_symbols] < now - self.stale_after_ns) | (
+            np.isnan(book.price[:n_symbols])
         )
-        key = (stale_symbol.tobytes(), self.members.version)
+        key = (stale_symbol.tobytes(), self.universe.layout)
         if self._stale_counts is None or self._stale_counts[0] != key:
-            counts = kernels.stale_counts(self.members, stale_symbol, self.n_indices)
+            counts = kernels.stale_counts(self.universe.members, stale_symbol, self.n_indices)
             self._stale_counts = (key, counts)
         return self._stale_counts[1]
 
+    def _report_staleness(self, now: int, result: BatchResult) -> None:
+        """Series whose stale count moved since it was last read: republished, so a dead feed
+        shows in every output even when no price moves."""
+        stale = self._stale_per_index(now)
+        moved = (stale != self._last_stale) & ~np.isnan(self.divisor)
+        if moved.any():
+            known = set(result.changed)
+            extra = self._series_names[moved[self._series_index]].tolist()
+            result.changed.extend(s for s in extra if s not in known)
+
     def _newest_per_index(self) -> I64:
         if self._any_stamped:
-            stamped = np.flatnonzero(self._stamped[: len(self.book)])
+            book = self.universe.book
+            stamped = np.flatnonzero(self._stamped[: len(book)])
             self._stamped[stamped] = False
             self._any_stamped = False
-            kernels.raise_newest(self.members, self.newest_ts, stamped, self.book.source_ts)
+            kernels.raise_newest(self.universe.members, self.newest_ts, stamped, book.source_ts)
         return self.newest_ts
 
     def constituents(self, index_id: str) -> dict[str, float]:
         """Symbol -> index shares q of one index (for audits and tests)."""
-        m = self.members
+        universe = self.universe
+        m = universe.members
         rows = m.of_index(self.slot[index_id])
-        return {self.book.names[s]: float(q) for s, q in zip(m.sid[rows], m.q[rows], strict=True)}
+        names = universe.book.names
+        return {names[s]: float(q) for s, q in zip(m.sid[rows], m.q[rows], strict=True)}
 
     def price_of(self, symbol: str) -> float | None:
-        sid = self.book.ids.get(symbol)
-        if sid is None or math.isnan(self.book.price[sid]):
+        book = self.universe.book
+        sid = book.ids.get(symbol)
+        if sid is None or math.isnan(book.price[sid]):
             return None
-        return float(self.book.price[sid])
+        return float(book.price[sid])
+
+    def session_of(self, index_id: str) -> tuple[str, int, int] | None:
+        """(date, open, close) of the current session of an index's calendar."""
+        cursor = self.cursors.get(self.calendar_of[self.slot[index_id]])
+        if cursor is None or cursor.current is None:
+            return None
+        s = cursor.current
+        return s.date, s.open_ns, s.close_ns
 
     # ------------------------------------------------------------------ maintenance
 
     def recompute(self) -> float:
         """Replace every incremental sum by a from-scratch one; returns the largest relative
         drift found (and keeps the largest ever seen in ``max_drift``)."""
-        exact, missing = kernels.full_sums(self.members, self.book.price, self.n_indices)
+        universe = self.universe
+        exact, missing = kernels.full_sums(universe.members, universe.book.price, self.n_indices)
         scale = np.maximum(np.abs(exact), np.finfo(np.float64).tiny)
         drift = float(np.max(np.abs(self.sums - exact) / scale)) if self.n_indices else 0.0
         # Publishers republish what moved, so the exact sums reach Redis too.
@@ -941,6 +1260,12 @@ class Engine:
         self.max_drift = max(self.max_drift, drift)
         return drift
 
-    def close(self) -> None:
-        """Roll the trading day: current levels become the previous close and TR/NTR bases."""
-        self.returns.roll(self.pr_levels())
+    def close(self, now: int | None = None) -> Sequence[CloseRecord]:
+        """Roll the trading day of every index now (as an operator's ``close`` would)."""
+        result = BatchResult()
+        self._result = result
+        try:
+            self.roll(None, 0 if now is None else now)
+        finally:
+            self._result = None
+        return result.closes

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from streamer.engine.universe import F64
+from streamer.engine.arrays import F64
 
 PIVOTS = ("USD", "EUR")
 

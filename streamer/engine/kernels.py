@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamer.engine.universe import F64, I64, Mask, Membership, concatenated_ranges
+from streamer.engine.arrays import F64, I64, Mask, concatenated_ranges
+from streamer.engine.universe import Membership
 
 # Beyond this share of all entries, one pass over every entry (in index order, reducing
 # contiguous segments) beats gathering the touched rows one by one.

@@ -2,10 +2,14 @@
 
 Rules for one tick of a known symbol, in order:
 1. price must be finite and > 0 (else ``bad_price``);
-2. ts must not precede a price-adjusting corporate action already applied (``pre_action``);
-3. seq (when given) must exceed the last seq, and ts must not precede the last ts
-   (``out_of_order``);
-4. a price more than ``band`` away from the last accepted price is held (``big_move``) unless
+2. ts must not be later than the batch's receipt time plus the tolerance (``future_ts``): a
+   tick from a broken producer clock must never become the symbol's newest;
+3. ts must lie in the symbol's session, [session_open, session_close] (``outside_session``);
+4. ts must not precede a price-adjusting corporate action already applied (``pre_action``);
+5. seq (when given) must exceed the last seq, and ts must not precede the last ts
+   (``out_of_order``).  A seq that goes back on a tick stamped at least ``reset_gap`` after
+   the symbol's last one is a restarted producer: accepted, and reported in ``resets``;
+6. a price more than ``band`` away from the last accepted price is held (``big_move``) unless
    it confirms an earlier held price; the next tick within ``band`` of the held price confirms
    it, any other discards it (``unconfirmed``).  The first price of a symbol has no reference
    and is accepted.
@@ -24,29 +28,53 @@ from typing import NamedTuple
 
 import numpy as np
 
+from streamer.engine.arrays import F64, I64, NO_SEQ
 from streamer.engine.results import (
     ACCEPTED,
     BAD_PRICE,
     BIG_MOVE,
     CONFIRMED,
+    FUTURE_TS,
     HELD,
     OK,
     OUT_OF_ORDER,
+    OUTSIDE_SESSION,
     PRE_ACTION,
     REJECTED,
     UNCONFIRMED,
+    BatchResult,
     Outcomes,
 )
-from streamer.engine.universe import F64, I64, NO_SEQ, SymbolBook, SymbolCells
+from streamer.engine.universe import SymbolBook, SymbolCells
 
 # Outcome keys built once: the per-tick path counts one per tick.
 ACCEPTED_OK = (ACCEPTED, OK)
 ACCEPTED_CONFIRMED = (ACCEPTED, CONFIRMED)
 HELD_BIG_MOVE = (HELD, BIG_MOVE)
 REJECTED_BAD_PRICE = (REJECTED, BAD_PRICE)
+REJECTED_FUTURE_TS = (REJECTED, FUTURE_TS)
+REJECTED_OUTSIDE_SESSION = (REJECTED, OUTSIDE_SESSION)
 REJECTED_PRE_ACTION = (REJECTED, PRE_ACTION)
 REJECTED_OUT_OF_ORDER = (REJECTED, OUT_OF_ORDER)
 REJECTED_UNCONFIRMED = (REJECTED, UNCONFIRMED)
+
+
+class Screen:
+    """One batch's screening parameters, and where its findings go.  A slots class: one is
+    made per batch and read per tick (a NamedTuple costs three times as much to read)."""
+
+    __slots__ = ("band", "future_limit", "now_ns", "outcomes", "reset_gap", "resets", "result")
+
+    def __init__(
+        self, band: float, now_ns: int, future_limit: int, reset_gap: int, result: BatchResult
+    ) -> None:
+        self.band = band  # relative move beyond which a tick is held
+        self.now_ns = now_ns  # market clock: stamps fresh_ns of accepted ticks
+        self.future_limit = future_limit  # ticks stamped after this are future_ts
+        self.reset_gap = reset_gap  # a lower seq this long after the last tick is a restart
+        self.result = result
+        self.outcomes: Outcomes = result.outcomes
+        self.resets: list[int] = []  # sids whose producer restarted its seq
 
 
 class Runs(NamedTuple):
@@ -58,14 +86,7 @@ class Runs(NamedTuple):
 
 
 def screen_runs(
-    book: SymbolBook,
-    sids: I64,
-    prices: F64,
-    ts: I64,
-    seqs: I64,
-    band: float,
-    now_ns: int,
-    outcomes: Outcomes,
+    book: SymbolBook, sids: I64, prices: F64, ts: I64, seqs: I64, screen: Screen
 ) -> Runs:
     """Accept whole runs of clean ticks at once; the rest is left for the rounds.
 
@@ -96,9 +117,12 @@ def screen_runs(
             (p > 0.0)
             & (p < np.inf)
             & (t >= prev_ts)
+            & (t <= screen.future_limit)
             & np.isnan(book.held.take(s))
-            & (np.isnan(prev_price) | (np.abs(p / prev_price - 1.0) <= band))
+            & (np.isnan(prev_price) | (np.abs(p / prev_price - 1.0) <= screen.band))
         )
+    if book.gated:
+        clean &= (t >= book.session_open.take(s)) & (t <= book.session_close.take(s))
     if book.floors_set:
         clean &= t >= book.floor_ts.take(s)
     any_seq = bool((seqs != NO_SEQ).any())
@@ -133,41 +157,42 @@ def screen_runs(
     book.price[clean_sids] = p.take(lasts)
     book.source_ts[clean_sids] = last_t
     book.last_ts[clean_sids] = last_t
-    book.fresh_ns[clean_sids] = now_ns
+    book.fresh_ns[clean_sids] = screen.now_ns
     if any_seq:
         # The run's newest seq is its last one when all have seq; none when none have.
         with_seq = has_seq.take(lasts)
         book.last_seq[clean_sids[with_seq]] = q.take(lasts)[with_seq]
-    _count(outcomes, ACCEPTED, OK, n - len(rest))
+    _count(screen.outcomes, ACCEPTED, OK, n - len(rest))
     return Runs(touched, before, rest)
 
 
 def screen_round(
-    book: SymbolBook,
-    sids: I64,
-    prices: F64,
-    ts: I64,
-    seqs: I64,
-    band: float,
-    now_ns: int,
-    outcomes: Outcomes,
+    book: SymbolBook, sids: I64, prices: F64, ts: I64, seqs: I64, screen: Screen
 ) -> None:
     """Apply one round of ticks (distinct symbols) to the book's prices."""
+    outcomes = screen.outcomes
     good_price = np.isfinite(prices) & (prices > 0.0)
-    pre_action = good_price & (ts < book.floor_ts[sids])
+    future = good_price & (ts > screen.future_limit)
+    timely = good_price & ~future
+    if book.gated:
+        outside = timely & ((ts < book.session_open[sids]) | (ts > book.session_close[sids]))
+        timely &= ~outside
+        _count(outcomes, REJECTED, OUTSIDE_SESSION, int(outside.sum()))
+    pre_action = timely & (ts < book.floor_ts[sids])
     last_seq = book.last_seq[sids]
-    out_of_order = (
-        good_price
-        & ~pre_action
-        & (
-            ((seqs != NO_SEQ) & (last_seq != NO_SEQ) & (seqs <= last_seq))
-            | (ts < book.last_ts[sids])
-        )
-    )
-    valid = good_price & ~pre_action & ~out_of_order
+    last_ts = book.last_ts[sids]
+    seq_back = (seqs != NO_SEQ) & (last_seq != NO_SEQ) & (seqs <= last_seq)
+    with np.errstate(over="ignore"):
+        restart = seq_back & (ts - screen.reset_gap >= last_ts)
+    out_of_order = timely & ~pre_action & ((seq_back & ~restart) | (ts < last_ts))
+    valid = timely & ~pre_action & ~out_of_order
     _count(outcomes, REJECTED, BAD_PRICE, len(sids) - int(good_price.sum()))
+    _count(outcomes, REJECTED, FUTURE_TS, int(future.sum()))
     _count(outcomes, REJECTED, PRE_ACTION, int(pre_action.sum()))
     _count(outcomes, REJECTED, OUT_OF_ORDER, int(out_of_order.sum()))
+    restarted = valid & restart
+    if restarted.any():
+        screen.resets.extend(sids[restarted].tolist())
     if not valid.all():
         sids, prices, ts, seqs = sids[valid], prices[valid], ts[valid], seqs[valid]
     if len(sids) == 0:
@@ -176,6 +201,7 @@ def screen_round(
     has_seq = seqs != NO_SEQ
     book.last_seq[sids[has_seq]] = seqs[has_seq]
 
+    band = screen.band
     current = book.price[sids]
     held = book.held[sids]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -188,7 +214,7 @@ def screen_round(
     accepted = sids[accept]
     book.price[accepted] = prices[accept]
     book.source_ts[accepted] = ts[accept]
-    book.fresh_ns[accepted] = now_ns
+    book.fresh_ns[accepted] = screen.now_ns
     book.held[sids[had_held]] = np.nan
     book.held[sids[new_hold]] = prices[new_hold]
 
@@ -199,29 +225,36 @@ def screen_round(
 
 
 def screen_one(
-    cells: SymbolCells,
-    sid: int,
-    price: float,
-    ts: int,
-    seq: int,
-    band: float,
-    now_ns: int,
-    outcomes: Outcomes,
+    cells: SymbolCells, gated: bool, sid: int, price: float, ts: int, seq: int, screen: Screen
 ) -> bool:
     """``screen_round`` for one tick; True when the price was accepted."""
+    outcomes = screen.outcomes
     if not (price > 0.0 and price < math.inf):  # also False for NaN
         outcomes[REJECTED_BAD_PRICE] += 1
+        return False
+    if ts > screen.future_limit:
+        outcomes[REJECTED_FUTURE_TS] += 1
+        return False
+    if gated and (ts < cells.session_open[sid] or ts > cells.session_close[sid]):
+        outcomes[REJECTED_OUTSIDE_SESSION] += 1
         return False
     if ts < cells.floor_ts[sid]:
         outcomes[REJECTED_PRE_ACTION] += 1
         return False
     last_seq = cells.last_seq[sid]
-    if (seq != NO_SEQ and last_seq != NO_SEQ and seq <= last_seq) or ts < cells.last_ts[sid]:
+    last_ts = cells.last_ts[sid]
+    if seq != NO_SEQ and last_seq != NO_SEQ and seq <= last_seq:
+        if ts - screen.reset_gap < last_ts:
+            outcomes[REJECTED_OUT_OF_ORDER] += 1
+            return False
+        screen.resets.append(sid)  # the producer restarted: its new seq counts from here
+    elif ts < last_ts:
         outcomes[REJECTED_OUT_OF_ORDER] += 1
         return False
     cells.last_ts[sid] = ts
     if seq != NO_SEQ:
         cells.last_seq[sid] = seq
+    band = screen.band
     current = cells.price[sid]
     in_band = current != current or abs(price / current - 1.0) <= band  # NaN: no price yet
     held = cells.held[sid]
@@ -238,7 +271,7 @@ def screen_one(
         return False
     cells.price[sid] = price
     cells.source_ts[sid] = ts
-    cells.fresh_ns[sid] = now_ns
+    cells.fresh_ns[sid] = screen.now_ns
     outcomes[ACCEPTED_OK] += 1
     return True
 

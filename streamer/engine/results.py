@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 import msgspec
 
@@ -21,6 +23,9 @@ BAD_PRICE = "bad_price"  # non-finite or non-positive
 UNKNOWN_SYMBOL = "unknown_symbol"
 OUT_OF_ORDER = "out_of_order"  # seq not increasing, or ts older than the last tick's
 PRE_ACTION = "pre_action"  # ts before a price-adjusting corporate action already applied
+FUTURE_TS = "future_ts"  # stamped further ahead of its receipt than max_future_s
+OUTSIDE_SESSION = "outside_session"  # stamped outside the trading session of its indices
+UNKNOWN_PAIR = "unknown_pair"  # an FX pair that is not two known ISO 4217 codes
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +41,23 @@ class AuditRecord:
     divisor_after: float
     level_before: float
     level_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRecord:
+    """The official close of one series at the end of one session."""
+
+    series: str
+    index: str
+    session: str  # ISO date of the session
+    close_ns: int  # the session's scheduled close (UTC ns)
+    level: float  # this series' close
+    divisor: float
+    pr_close: float  # the price-return close of the index
+    tr_close: float  # the total-return close (NaN-free: PR when the index has no TR base)
+    ntr_close: float
+    gross_points: float  # dividend points of the session (TR)
+    net_points: float  # after withholding (NTR)
 
 
 class SeriesLevel(msgspec.Struct, frozen=True, gc=False):
@@ -59,11 +81,45 @@ Outcomes = defaultdict[tuple[str, str], int]
 
 class BatchResult(msgspec.Struct, gc=False):
     """What one ``Engine.apply`` did.  A Struct: one is made per micro-batch, and msgspec
-    builds it in C (a dataclass with default factories costs three times as much)."""
+    builds it in C.  The rare outputs start as empty tuples and become lists only when the
+    engine adds to them (a list per field and batch was a third of the cost of a
+    single-tick batch)."""
 
     # (outcome, reason) -> count
     outcomes: Outcomes = msgspec.field(default_factory=partial(defaultdict, int))
     changed: list[str] = msgspec.field(default_factory=list)  # series that moved, index order
-    audit: list[AuditRecord] = msgspec.field(default_factory=list)
-    deviations: dict[str, float] = msgspec.field(default_factory=dict)  # series -> bps vs ref
-    rejected_actions: list[tuple[str, str]] = msgspec.field(default_factory=list)  # (id, why)
+    audit: Sequence[AuditRecord] = ()
+    deviations: Mapping[str, float] = msgspec.field(default_factory=dict)  # series -> bps vs ref
+    rejected_actions: Sequence[tuple[str, str]] = ()  # (id, why)
+    accepted_actions: Sequence[str] = ()  # ids now pending or applied
+    closes: Sequence[CloseRecord] = ()
+    seq_resets: Sequence[str] = ()  # symbols whose producer restarted its seq
+    rejected_references: Sequence[tuple[str, str]] = ()  # (series, why)
+
+    def add_audit(self, records: Iterable[AuditRecord]) -> None:
+        self.audit = _grown(self.audit, records)
+
+    def reject_action(self, action_id: str, reason: str) -> None:
+        self.rejected_actions = _grown(self.rejected_actions, [(action_id, reason)])
+
+    def accept_action(self, action_id: str) -> None:
+        self.accepted_actions = _grown(self.accepted_actions, [action_id])
+
+    def add_closes(self, records: Iterable[CloseRecord]) -> None:
+        self.closes = _grown(self.closes, records)
+
+    def add_seq_resets(self, symbols: Iterable[str]) -> None:
+        self.seq_resets = _grown(self.seq_resets, symbols)
+
+    def reject_reference(self, series: str, reason: str) -> None:
+        self.rejected_references = _grown(self.rejected_references, [(series, reason)])
+
+
+T = TypeVar("T")
+
+
+def _grown(items: Sequence[T], more: Iterable[T]) -> list[T]:
+    """``items`` as a list (the same one when it already is) with ``more`` appended."""
+    grown = items if isinstance(items, list) else list(items)
+    grown.extend(more)
+    return grown

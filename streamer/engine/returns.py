@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamer.engine.universe import F64, I64
+from streamer.engine.arrays import F64, I64
 
 ALL = slice(None)
 
@@ -52,11 +52,14 @@ class ReturnsBook:
         )
         return result
 
-    def roll(self, pr_level: F64) -> None:
-        """Close the day: today's levels become the bases, dividend points reset."""
-        live = np.isfinite(pr_level) & np.isfinite(self.pr_close)
-        self.tr_close = np.where(live, self.total(pr_level), self.tr_close)
-        self.ntr_close = np.where(live, self.net(pr_level), self.ntr_close)
-        self.pr_close = np.where(live, pr_level, self.pr_close)
-        self.gross_points = np.where(live, 0.0, self.gross_points)
-        self.net_points = np.where(live, 0.0, self.net_points)
+    def roll(self, indices: I64, pr_level: F64) -> None:
+        """Close the day of ``indices``, whose PR levels are ``pr_level``: today's levels
+        become the bases and the dividend points start over."""
+        live = np.isfinite(pr_level) & np.isfinite(self.pr_close[indices])
+        js, pr = indices[live], pr_level[live]
+        tr, ntr = self.total(pr, js), self.net(pr, js)
+        self.tr_close[js] = tr
+        self.ntr_close[js] = ntr
+        self.pr_close[js] = pr
+        self.gross_points[js] = 0.0
+        self.net_points[js] = 0.0

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from streamer.ingest import frame_packets
+from streamer.mqtt.codec import frame_packets
 from streamer.tools.feed import FeedUniverse, GbmMarket
 from streamer.tools.mqtt_publisher import (
     BrokerEndpoint,

@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 from streamer.config import Settings, redact_url
 from streamer.errors import StreamerError
+from streamer.mqtt.codec import DISCONNECT, PINGREQ, connect_packet, publish_packet
 
 log = logging.getLogger(__name__)
 
@@ -100,44 +101,6 @@ class BrokerEndpoint:
         return cls.from_url(url, password)
 
 
-def encode_remaining_length(length: int) -> bytes:
-    """MQTT's variable-length integer: 7 bits per byte, high bit = more follows."""
-    out = bytearray()
-    while True:
-        byte, length = length % 128, length // 128
-        out.append(byte | (0x80 if length else 0))
-        if not length:
-            return bytes(out)
-
-
-def _mqtt_string(value: bytes) -> bytes:
-    return len(value).to_bytes(2, "big") + value
-
-
-def connect_packet(client_id: str, username: str | None, password: str | None) -> bytes:
-    flags = 0x02  # clean session
-    payload = _mqtt_string(client_id.encode())
-    if username is not None:
-        flags |= 0x80
-        payload += _mqtt_string(username.encode())
-        if password is not None:
-            flags |= 0x40
-            payload += _mqtt_string(password.encode())
-    variable = _mqtt_string(b"MQTT") + bytes([4, flags]) + _KEEPALIVE_S.to_bytes(2, "big")
-    body = variable + payload
-    return b"\x10" + encode_remaining_length(len(body)) + body
-
-
-def publish_packet(topic: bytes, payload: bytes) -> bytes:
-    """A QoS 0 PUBLISH; ``topic`` is the raw UTF-8 topic name."""
-    remaining = 2 + len(topic) + len(payload)
-    return b"\x30" + encode_remaining_length(remaining) + _mqtt_string(topic) + payload
-
-
-_PINGREQ = b"\xc0\x00"
-_DISCONNECT = b"\xe0\x00"
-
-
 @dataclass
 class PublisherStats:
     messages: int = 0
@@ -187,7 +150,9 @@ class MqttPublisher:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if ep.tls:
                 sock = ssl.create_default_context().wrap_socket(raw, server_hostname=ep.host)
-            sock.sendall(connect_packet(self.client_id, ep.username, ep.password))
+            sock.sendall(
+                connect_packet(self.client_id, ep.username, ep.password, keepalive_s=_KEEPALIVE_S)
+            )
             answer = _recv_exactly(sock, 4)
         except (OSError, ssl.SSLError) as exc:
             raw.close()
@@ -207,7 +172,7 @@ class MqttPublisher:
         sock, self._sock = self._sock, None
         if sock is not None:
             with contextlib.suppress(OSError):
-                sock.sendall(_DISCONNECT)
+                sock.sendall(DISCONNECT)
             sock.close()
 
     def __enter__(self) -> MqttPublisher:
@@ -258,7 +223,7 @@ class MqttPublisher:
             if readable and not sock.recv(4096):
                 raise ConnectionResetError("broker closed the connection")
             if time.monotonic() - self._last_write > _KEEPALIVE_S / 2:
-                sock.sendall(_PINGREQ)
+                sock.sendall(PINGREQ)
                 self._last_write = time.monotonic()
         except OSError as exc:
             self._lost(exc, 0)

@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from streamer.tools.mqtt_publisher import MqttPublisher, publish_packet
+from streamer.mqtt.codec import publish_packet
+from streamer.tools.mqtt_publisher import MqttPublisher
 from streamer.tools.recording import RecordedMessage
 from streamer.tools.shutdown import StopSignal
 

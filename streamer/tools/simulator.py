@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streamer.mqtt.codec import publish_packet
 from streamer.tools.feed import GbmMarket, TickChunk
-from streamer.tools.mqtt_publisher import MqttPublisher, publish_packet
+from streamer.tools.mqtt_publisher import MqttPublisher
 from streamer.tools.pacing import Pacer
 from streamer.tools.shutdown import StopSignal
 from streamer.tools.tick_encoding import PayloadFormat, TickEncoder, topic_for

@@ -14,7 +14,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from streamer.tools.mqtt_publisher import encode_remaining_length
+from streamer.mqtt.codec import encode_remaining_length
 from streamer.wire import Tick
 
 PayloadFormat = Literal["json", "msgpack"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from streamer.config import load_settings
+from streamer.mqtt.codec import encode_remaining_length
 from streamer.tools.feed import (
     TRADING_SECONDS_PER_YEAR,
     FeedUniverse,
@@ -16,7 +17,6 @@ from streamer.tools.feed import (
     round_to_tick,
     starting_fx_rate,
 )
-from streamer.tools.mqtt_publisher import encode_remaining_length
 from streamer.tools.pacing import Pacer
 from streamer.tools.tick_encoding import TickEncoder
 from streamer.wire import DECODERS, Tick

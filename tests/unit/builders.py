@@ -11,7 +11,8 @@ REL = 1e-12
 
 
 class ManualClock:
-    """The engine's clock, moved by hand so that no test depends on wall-clock time."""
+    """Market time, moved by hand and passed to the engine, so that no test depends on
+    wall-clock time."""
 
     def __init__(self, now: int = T0) -> None:
         self.now = now
@@ -48,8 +49,8 @@ def index(
     )
 
 
-def engine_of(*definitions: IndexDefinition, clock: ManualClock | None = None) -> Engine:
-    return Engine(definitions, QualitySettings(max_move_pct=50.0), clock=clock or ManualClock())
+def engine_of(*definitions: IndexDefinition, start_ns: int = T0) -> Engine:
+    return Engine(definitions, QualitySettings(max_move_pct=50.0), start_ns=start_ns)
 
 
 def level(engine: Engine, series: str) -> float:

@@ -31,7 +31,7 @@ def test_price_weighted_level_is_the_sum_of_prices_over_the_divisor() -> None:
     )
     assert level(engine, "PX") == pytest.approx((100 + 50 + 30) / 0.5, rel=REL)  # 360
 
-    engine.apply(ticks=[tick("A", 110.0, 1)], received_ns=T0 + SECOND)
+    engine.apply(ticks=[tick("A", 110.0, 1)], now=T0 + SECOND)
 
     assert level(engine, "PX") == pytest.approx((110 + 50 + 30) / 0.5, rel=REL)  # 380
     assert engine.levels()[0].divisor == 0.5
@@ -51,7 +51,7 @@ def test_price_weighted_weighting_factor_multiplies_the_price() -> None:
     )
     assert level(engine, "PX") == pytest.approx((2 * 100 + 50 + 30) / 0.5, rel=REL)  # 560
 
-    engine.apply(ticks=[tick("B", 60.0, 1)], received_ns=T0 + SECOND)
+    engine.apply(ticks=[tick("B", 60.0, 1)], now=T0 + SECOND)
 
     assert level(engine, "PX") == pytest.approx((2 * 100 + 60 + 30) / 0.5, rel=REL)
 
@@ -84,7 +84,7 @@ def test_cap_weighted_level_uses_shares_times_iwf_times_awf() -> None:
     assert level(engine, "CAP") == pytest.approx(s0 / 10.0, rel=REL)  # 8300
     assert engine.constituents("CAP") == pytest.approx({"A": 500.0, "B": 500.0, "C": 320.0})
 
-    engine.apply(ticks=[tick("A", 102.0, 1), tick("C", 24.0, 1)], received_ns=T0 + SECOND)
+    engine.apply(ticks=[tick("A", 102.0, 1), tick("C", 24.0, 1)], now=T0 + SECOND)
 
     s1 = 102 * 500 + 50 * 500 + 24 * 320  # 83,680
     assert level(engine, "CAP") == pytest.approx(s1 / 10.0, rel=REL)
@@ -103,7 +103,7 @@ def test_awf_caps_a_dominant_constituent() -> None:
     assert weight_a == pytest.approx(0.5, rel=REL)
 
     # A +10% moves the capped index by 5% (its weight), not 9% (its uncapped weight).
-    engine.apply(ticks=[tick("A", 110.0, 1)], received_ns=T0 + SECOND)
+    engine.apply(ticks=[tick("A", 110.0, 1)], now=T0 + SECOND)
     assert level(engine, "CAPPED") == pytest.approx(1000.0 * 1.05, rel=REL)
 
 
@@ -135,19 +135,19 @@ def test_equal_weighted_starts_at_base_value_with_equal_weights() -> None:
 def test_equal_weighted_level_moves_by_the_mean_price_relative() -> None:
     # With equal weights at the start, level = base * mean(p_i / p_i,0).
     engine = engine_of(equal_index())
-    engine.apply(ticks=[tick("A", 11.0, 1), tick("C", 45.0, 1)], received_ns=T0 + SECOND)
+    engine.apply(ticks=[tick("A", 11.0, 1), tick("C", 45.0, 1)], now=T0 + SECOND)
 
     expected = 1000.0 * (11 / 10 + 20 / 20 + 45 / 50) / 3  # 1000.0
     assert level(engine, "EQ") == pytest.approx(expected, rel=REL)
 
-    engine.apply(ticks=[tick("B", 23.0, 2)], received_ns=T0 + 2 * SECOND)
+    engine.apply(ticks=[tick("B", 23.0, 2)], now=T0 + 2 * SECOND)
     expected = 1000.0 * (11 / 10 + 23 / 20 + 45 / 50) / 3  # 1050.0
     assert level(engine, "EQ") == pytest.approx(expected, rel=REL)
 
 
 def test_equal_weight_rebalance_restores_equal_weights_and_keeps_the_level() -> None:
     engine = engine_of(equal_index())
-    engine.apply(ticks=[tick("A", 12.0, 1), tick("B", 21.0, 1)], received_ns=T0 + SECOND)
+    engine.apply(ticks=[tick("A", 12.0, 1), tick("B", 21.0, 1)], now=T0 + SECOND)
     before = 1000.0 * (12 / 10 + 21 / 20 + 50 / 50) / 3  # 1083.33
     assert level(engine, "EQ") == pytest.approx(before, rel=REL)
     drifted = values_in_index(engine, "EQ")
@@ -155,10 +155,10 @@ def test_equal_weight_rebalance_restores_equal_weights_and_keeps_the_level() -> 
 
     result = engine.apply(
         actions=[Rebalance(id="rb-1", index="EQ", effective=T0 + 2 * SECOND)],
-        received_ns=T0 + 2 * SECOND,
+        now=T0 + 2 * SECOND,
     )
 
-    assert result.rejected_actions == []
+    assert not result.rejected_actions
     assert level(engine, "EQ") == pytest.approx(before, rel=REL)  # continuity
     values = values_in_index(engine, "EQ")
     total = sum(values.values())
@@ -170,7 +170,7 @@ def test_equal_weight_rebalance_restores_equal_weights_and_keeps_the_level() -> 
     assert record.divisor_after == pytest.approx(record.divisor_before, rel=REL)
 
     # After the rebalance a member's move counts one third again, from the new level.
-    engine.apply(ticks=[tick("A", 13.2, 3)], received_ns=T0 + 3 * SECOND)  # A +10%
+    engine.apply(ticks=[tick("A", 13.2, 3)], now=T0 + 3 * SECOND)  # A +10%
     assert level(engine, "EQ") == pytest.approx(before * (1 + 0.10 / 3), rel=REL)
 
 
@@ -194,11 +194,11 @@ def test_base_value_sets_the_divisor_at_the_first_complete_prices() -> None:
     assert engine.levels() == []
     assert engine.series_levels() == {}
 
-    quiet = engine.apply(ticks=[tick("A", 101.0, 1)], received_ns=T0 + SECOND)
+    quiet = engine.apply(ticks=[tick("A", 101.0, 1)], now=T0 + SECOND)
     assert quiet.changed == []
     assert engine.levels() == []
 
-    result = engine.apply(ticks=[tick("B", 50.0, 2)], received_ns=T0 + 2 * SECOND)
+    result = engine.apply(ticks=[tick("B", 50.0, 2)], now=T0 + 2 * SECOND)
 
     s0 = 101 * 10 + 50 * 20  # 2010 at the first complete prices
     divisor = s0 / 1000.0
@@ -209,7 +209,7 @@ def test_base_value_sets_the_divisor_at_the_first_complete_prices() -> None:
     assert pr.divisor == pytest.approx(divisor, rel=REL)
     assert pr.prev_close == pytest.approx(1000.0, rel=REL)
 
-    engine.apply(ticks=[tick("A", 110.0, 3)], received_ns=T0 + 3 * SECOND)
+    engine.apply(ticks=[tick("A", 110.0, 3)], now=T0 + 3 * SECOND)
     assert level(engine, "BV") == pytest.approx((110 * 10 + 50 * 20) / divisor, rel=REL)
 
 
@@ -225,7 +225,7 @@ def test_a_given_divisor_still_waits_for_complete_prices() -> None:
     engine = engine_of(index("PX", "price", member("A", 100.0), member("B"), divisor=2.0))
     assert engine.level_of("PX") is None
 
-    engine.apply(ticks=[tick("B", 40.0, 1)], received_ns=T0 + SECOND)
+    engine.apply(ticks=[tick("B", 40.0, 1)], now=T0 + SECOND)
 
     assert level(engine, "PX") == pytest.approx((100 + 40) / 2.0, rel=REL)
 
@@ -248,15 +248,15 @@ def test_multi_currency_index_converts_prices_with_live_fx() -> None:
     engine = engine_of(multi_currency_index())
     assert engine.level_of("GLOBAL") is None  # no FX yet: DE and UK cannot be valued
 
-    engine.apply(fx=[FxRate(pair="EURUSD", rate=1.1, ts=T0)], received_ns=T0)
+    engine.apply(fx=[FxRate(pair="EURUSD", rate=1.1, ts=T0)], now=T0)
     assert engine.level_of("GLOBAL") is None  # GBP still missing
 
-    engine.apply(fx=[FxRate(pair="GBPUSD", rate=1.25, ts=T0)], received_ns=T0)
+    engine.apply(fx=[FxRate(pair="GBPUSD", rate=1.25, ts=T0)], now=T0)
     s0 = 100 * 1000 + 50 * 1.1 * 1000 + 20 * 1.25 * 2000  # 205,000
     assert level(engine, "GLOBAL") == pytest.approx(s0 / 100.0, rel=REL)  # 2050
 
     # A EUR price move is converted at the current rate.
-    engine.apply(ticks=[tick("DE", 52.0, 1)], received_ns=T0 + SECOND)
+    engine.apply(ticks=[tick("DE", 52.0, 1)], now=T0 + SECOND)
     s1 = 100 * 1000 + 52 * 1.1 * 1000 + 20 * 1.25 * 2000
     assert level(engine, "GLOBAL") == pytest.approx(s1 / 100.0, rel=REL)
 
@@ -265,16 +265,16 @@ def test_an_fx_move_changes_the_level_but_not_the_divisor() -> None:
     engine = engine_of(multi_currency_index())
     engine.apply(
         fx=[FxRate(pair="EURUSD", rate=1.1, ts=T0), FxRate(pair="GBPUSD", rate=1.25, ts=T0)],
-        received_ns=T0,
+        now=T0,
     )
 
     result = engine.apply(
-        fx=[FxRate(pair="EURUSD", rate=1.2, ts=T0 + SECOND)], received_ns=T0 + SECOND
+        fx=[FxRate(pair="EURUSD", rate=1.2, ts=T0 + SECOND)], now=T0 + SECOND
     )
 
     s1 = 100 * 1000 + 50 * 1.2 * 1000 + 20 * 1.25 * 2000  # 210,000
     assert result.changed == ["GLOBAL"]
-    assert result.audit == []
+    assert not result.audit
     assert level(engine, "GLOBAL") == pytest.approx(s1 / 100.0, rel=REL)  # 2100
     assert engine.levels()[0].divisor == 100.0
 
@@ -299,7 +299,7 @@ def test_inverse_and_cross_rates() -> None:
             FxRate(pair="EURUSD", rate=1.1, ts=T0),
             FxRate(pair="GBPUSD", rate=1.25, ts=T0),
         ],
-        received_ns=T0,
+        now=T0,
     )
 
     assert level(engine, "YEN") == pytest.approx(3000 / 150 * 100 + 10 * 100, rel=REL)  # 3000
@@ -318,7 +318,7 @@ def test_base_value_waits_for_the_fx_rate() -> None:
     )
     assert engine.level_of("EUX") is None
 
-    engine.apply(fx=[FxRate(pair="EURUSD", rate=1.5, ts=T0)], received_ns=T0)
+    engine.apply(fx=[FxRate(pair="EURUSD", rate=1.5, ts=T0)], now=T0)
 
     divisor = (100 * 10 + 40 * 1.5 * 10) / 100.0  # 16
     assert level(engine, "EUX") == pytest.approx(100.0, rel=REL)
@@ -351,7 +351,7 @@ def test_total_and_net_return_reinvest_a_dividend_on_its_ex_date() -> None:
     result = engine.apply(
         actions=[Dividend(id="div-a", symbol="A", amount=2.0, effective=ex_date)],
         ticks=[Tick(symbol="A", price=98.0, ts=ex_date + SECOND)],
-        received_ns=ex_date + SECOND,
+        now=ex_date + SECOND,
     )
     [record] = result.audit
     assert (record.action, record.divisor_before, record.divisor_after) == (
@@ -371,7 +371,7 @@ def test_total_and_net_return_reinvest_a_dividend_on_its_ex_date() -> None:
 
     engine.apply(
         ticks=[Tick(symbol="B", price=51.0, ts=ex_date + 2 * SECOND)],
-        received_ns=ex_date + 2 * SECOND,
+        now=ex_date + 2 * SECOND,
     )
     pr2 = (98 * 1000 + 51 * 2000) / 100.0  # 2000
     tr2 = pr0 * (pr2 + gross_points) / pr0  # 2020
@@ -383,7 +383,7 @@ def test_total_and_net_return_reinvest_a_dividend_on_its_ex_date() -> None:
     # close() makes today's levels the bases; the dividend points do not carry over.
     engine.close()
     day2 = ex_date + 86_400 * SECOND
-    engine.apply(ticks=[Tick(symbol="A", price=99.0, ts=day2)], received_ns=day2)
+    engine.apply(ticks=[Tick(symbol="A", price=99.0, ts=day2)], now=day2)
     pr3 = (99 * 1000 + 51 * 2000) / 100.0  # 2010
     assert engine.series_levels() == pytest.approx(
         {"RX": pr3, "RX.TR": tr2 * pr3 / pr2, "RX.NTR": ntr2 * pr3 / pr2}, rel=REL
@@ -407,13 +407,13 @@ def test_dividend_points_convert_a_foreign_dividend_at_the_current_rate() -> Non
             variants=("price", "total", "net"),
         )
     )
-    engine.apply(fx=[FxRate(pair="EURUSD", rate=1.2, ts=T0)], received_ns=T0)
+    engine.apply(fx=[FxRate(pair="EURUSD", rate=1.2, ts=T0)], now=T0)
     engine.close()
     pr0 = (100 * 1000 + 50 * 1.2 * 1000) / 100.0  # 1600
 
     engine.apply(
         actions=[Dividend(id="div-de", symbol="DE", amount=1.0, effective=T0 + 1)],
-        received_ns=T0 + 1,
+        now=T0 + 1,
     )
 
     gross_points = 1.0 * 1.2 * 1000 / 100.0  # EUR 1.00 at 1.2 USD: 12 points
@@ -429,7 +429,7 @@ def test_two_dividends_on_one_day_add_their_points() -> None:
             Dividend(id="d1", symbol="A", amount=1.0, effective=T0 + 1),
             Dividend(id="d2", symbol="B", amount=0.5, effective=T0 + 1),
         ],
-        received_ns=T0 + 1,
+        now=T0 + 1,
     )
     gross = (1.0 * 1000 + 0.5 * 2000) / 100.0  # 20
     net = (1.0 * 0.70 * 1000 + 0.5 * 0.85 * 2000) / 100.0  # 7 + 8.5
@@ -439,7 +439,7 @@ def test_two_dividends_on_one_day_add_their_points() -> None:
 
 def test_close_rolls_prev_close_and_change() -> None:
     engine = engine_of(index("PX", "price", member("A", 100.0), member("B", 100.0), divisor=2.0))
-    engine.apply(ticks=[tick("A", 110.0, 1)], received_ns=T0 + SECOND)
+    engine.apply(ticks=[tick("A", 110.0, 1)], now=T0 + SECOND)
     [today] = engine.levels()
     assert today.prev_close == pytest.approx(100.0, rel=REL)
     assert today.change == pytest.approx(5.0, rel=REL)

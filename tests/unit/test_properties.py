@@ -196,7 +196,7 @@ def _run(
     """Run ``steps``; ``arrays``: ticks through ``apply_tick_arrays`` instead of messages;
     ``results``: collects each tick batch's outcome counts and changed series."""
     now = [1_000]
-    engine = Engine(_universe(), QualitySettings(max_move_pct=30.0), clock=lambda: now[0])
+    engine = Engine(_universe(), QualitySettings(max_move_pct=30.0), start_ns=now[0])
     if small_batch is not None:
         engine.small_batch = small_batch
     for kind, payload in steps:
@@ -209,16 +209,16 @@ def _run(
                     np.array([t.price for t in ticks]),
                     np.array([t.ts for t in ticks], dtype=np.int64),
                     np.array([-1 if t.seq is None else t.seq for t in ticks], dtype=np.int64),
-                    received_ns=now[0],
+                    now=now[0],
                 )
             else:
-                result = engine.apply(ticks=ticks, received_ns=now[0])
+                result = engine.apply(ticks=ticks, now=now[0])
             if results is not None:
                 results.append((dict(result.outcomes), result.changed))
         elif kind == "fx":
-            result = engine.apply(fx=[FxRate("EURUSD", payload, now[0])], received_ns=now[0])
+            result = engine.apply(fx=[FxRate("EURUSD", payload, now[0])], now=now[0])
         elif kind == "action":
-            result = engine.apply(actions=[payload], received_ns=now[0])
+            result = engine.apply(actions=[payload], now=now[0])
             if check:
                 for record in result.audit:
                     if not math.isnan(record.level_before):
@@ -232,16 +232,16 @@ def _run(
 
 
 def _assert_incremental_equals_full(engine: Engine) -> None:
-    exact, missing = kernels.full_sums(engine.members, engine.book.price, engine.n_indices)
+    exact, missing = kernels.full_sums(engine.universe.members, engine.universe.book.price, engine.n_indices)
     np.testing.assert_array_equal(engine.missing, missing)
     np.testing.assert_allclose(engine.sums, exact, rtol=REL, atol=1e-6)
     # Independently of the kernels: a plain Python sum over the current membership.
-    m = engine.members
+    m = engine.universe.members
     for j in range(engine.n_indices):
         total = math.fsum(
-            float(engine.book.price[m.sid[r]]) * float(m.qfx[r])
+            float(engine.universe.book.price[m.sid[r]]) * float(m.qfx[r])
             for r in range(len(m))
-            if m.index[r] == j and math.isfinite(engine.book.price[m.sid[r]] * m.qfx[r])
+            if m.index[r] == j and math.isfinite(engine.universe.book.price[m.sid[r]] * m.qfx[r])
         )
         assert engine.sums[j] == pytest.approx(total, rel=REL, abs=1e-6)
 
@@ -300,7 +300,7 @@ def test_gather_and_full_pass_scatter_agree(
 
 
 def test_drift_is_measured_and_reset() -> None:
-    engine = Engine(_universe(), clock=lambda: 0)
+    engine = Engine(_universe())
     engine.sums[0] *= 1 + 1e-9
     assert engine.recompute() == pytest.approx(1e-9, rel=1e-3)
     assert engine.recompute() == 0.0
@@ -337,16 +337,16 @@ def test_one_batch_equals_message_by_message(messages: list[Any]) -> None:
     def stamp(m: Any) -> int:
         return int(m.effective if hasattr(m, "effective") else m.ts)
 
-    one_by_one = Engine(_universe(), QualitySettings(max_move_pct=30.0), clock=lambda: 0)
+    one_by_one = Engine(_universe(), QualitySettings(max_move_pct=30.0))
     for m in messages:
         kind = "actions" if hasattr(m, "effective") else "fx" if isinstance(m, FxRate) else "ticks"
-        one_by_one.apply(**{kind: [m]}, received_ns=stamp(m))
-    batched = Engine(_universe(), QualitySettings(max_move_pct=30.0), clock=lambda: 0)
+        one_by_one.apply(**{kind: [m]}, now=stamp(m))
+    batched = Engine(_universe(), QualitySettings(max_move_pct=30.0))
     batched.apply(
         ticks=[m for m in messages if isinstance(m, Tick)],
         fx=[m for m in messages if isinstance(m, FxRate)],
         actions=[m for m in messages if hasattr(m, "effective")],
-        received_ns=stamp(messages[-1]),
+        now=stamp(messages[-1]),
     )
     one_by_one.recompute()
     batched.recompute()

@@ -65,9 +65,9 @@ class Feed:
         self.engine = Engine(
             [x_index(), *definitions, pad_index()],
             QualitySettings(max_move_pct=max_move_pct, stale_after_s=stale_after_s),
-            clock=self.clock,
+            start_ns=self.clock.now,
         )
-        self.engine.apply(received_ns=T0)  # construction marks every index changed; clear it
+        self.engine.apply(now=T0)  # construction marks every index changed; clear it
         self.batches = 0
         self.changed: list[str] = []
 
@@ -80,7 +80,7 @@ class Feed:
             price = 101.0 if self.batches % 2 == 0 else 100.0
             batch += [Tick(symbol=f"PAD{k}", price=price, ts=received) for k in range(PAD)]
         self.batches += 1
-        result = self.engine.apply(ticks=batch, actions=actions, received_ns=received)
+        result = self.engine.apply(ticks=batch, actions=actions, now=received)
         outcomes = Counter(result.outcomes)
         if self.padded:
             outcomes["accepted", "ok"] -= PAD
@@ -276,7 +276,7 @@ def test_the_first_price_of_a_symbol_is_never_held(padded: bool) -> None:
 # --------------------------------------------------------------------------- staleness
 
 
-def test_stale_count_and_coverage_follow_the_injected_clock() -> None:
+def test_stale_count_and_coverage_follow_the_market_time_passed_in() -> None:
     clock = ManualClock(T0)
     y_index = IndexDefinition(
         id="Y",
@@ -290,7 +290,8 @@ def test_stale_count_and_coverage_follow_the_injected_clock() -> None:
     feed = Feed(False, y_index, stale_after_s=60.0, clock=clock)
 
     def stale() -> dict[str, tuple[int, float]]:
-        return {s.series: (s.stale, s.coverage) for s in feed.engine.levels(["X", "Y"])}
+        levels = feed.engine.levels(["X", "Y"], now=clock.now)
+        return {s.series: (s.stale, s.coverage) for s in levels}
 
     # Every symbol is fresh from the engine's start (T0).
     clock.now = at(30)
@@ -318,10 +319,10 @@ def test_rejected_and_held_ticks_do_not_refresh_a_symbol() -> None:
 
     feed(tick("A", -1.0, 100), tick("B", 80.0, 100), seconds=100)  # bad price; +60%: held
 
-    [x] = feed.engine.levels(["X"])
+    [x] = feed.engine.levels(["X"], now=clock.now)
     assert (x.stale, x.coverage) == (3, 0.0)
     feed(tick("C", 30.0, 101), seconds=101)  # an unchanged price still shows C is alive
-    [x] = feed.engine.levels(["X"])
+    [x] = feed.engine.levels(["X"], now=at(101))
     assert (x.stale, x.coverage) == (2, 1 / 3)
 
 
@@ -335,8 +336,8 @@ def test_fx_rates_are_screened() -> None:
         divisor=1.0,
         constituents=(ConstituentSpec(symbol="DE", price=10.0, currency="EUR"),),
     )
-    engine = Engine([mixed], QualitySettings(), clock=ManualClock())
-    good = engine.apply(fx=[FxRate(pair="EURUSD", rate=1.1, ts=at(2))], received_ns=at(2))
+    engine = Engine([mixed], QualitySettings(), start_ns=T0)
+    good = engine.apply(fx=[FxRate(pair="EURUSD", rate=1.1, ts=at(2))], now=at(2))
     assert good.outcomes == {("accepted", "ok"): 1}
 
     result = engine.apply(
@@ -346,12 +347,12 @@ def test_fx_rates_are_screened() -> None:
             FxRate(pair="EUR/USD", rate=1.2, ts=at(3)),
             FxRate(pair="EURUSD", rate=1.3, ts=at(1)),
         ],
-        received_ns=at(3),
+        now=at(3),
     )
 
     assert result.outcomes == {
         ("rejected", "bad_price"): 2,
-        ("rejected", "unknown_symbol"): 1,
+        ("rejected", "unknown_pair"): 1,
         ("rejected", "out_of_order"): 1,
     }
     assert engine.level_of("M") == pytest.approx(10 * 1.1, rel=1e-12)

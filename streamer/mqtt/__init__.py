@@ -1,0 +1,1 @@
+"""MQTT in one place: the wire codec (no I/O) and the broker connection of the service."""
