@@ -27,12 +27,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import msgspec
 
 from streamer.config import MqttSettings, redact_url
+from streamer.endpoints import MqttEndpoint, parse_mqtt_url
 from streamer.metrics import Metrics
 from streamer.wire import DECODERS, Action, FxRate, MessageKind, ReferenceLevel, Tick
 
@@ -473,31 +473,12 @@ class Backoff:
         self._attempt = 0
 
 
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-    tls: bool
-
-
-def broker_address(settings: MqttSettings) -> BrokerAddress:
+def broker_address(settings: MqttSettings) -> MqttEndpoint:
     """Host, port, credentials and TLS from ``mqtt[s]://[user[:password]@]host[:port]``.
 
     A password from the environment (settings.password) wins over one in the URL.
     """
-    parts = urlsplit(settings.url)
-    tls = parts.scheme == "mqtts"
-    username = unquote(parts.username) if parts.username else None
-    password = settings.password or (unquote(parts.password) if parts.password else None)
-    return BrokerAddress(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or (8883 if tls else 1883),
-        username=username,
-        password=password,
-        tls=tls,
-    )
+    return parse_mqtt_url(settings.url, settings.password)
 
 
 class MqttIngest:
