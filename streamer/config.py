@@ -1,9 +1,12 @@
 """Service settings and index definitions: frozen, validated at load, errors name file and field.
 
 Loading order: TOML file -> environment overrides (``STREAMER_<SECTION>_<KEY>``) -> typed,
-frozen msgspec Structs -> semantic validation.  Secrets (passwords) are only read from the
-URL, the environment or a file named by ``STREAMER_<SECTION>_PASSWORD_FILE``; they are
-never part of ``repr`` output.
+frozen msgspec Structs -> semantic validation.  Loading is total: every bad input, whether a
+file that is missing, not UTF-8 or not TOML, a value out of range or a malformed URL, raises
+ConfigError with one line naming the file (or the environment variable that set the value),
+the field and the problem.  Secrets (passwords) are only read from the URL, the environment
+or a file named by ``STREAMER_<SECTION>_PASSWORD_FILE``; they are never part of ``repr``
+output or of an error message.
 """
 
 from __future__ import annotations
@@ -14,19 +17,51 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+import msgspec.inspect
 
-from streamer.errors import ConfigError
+from streamer.endpoints import parse_listen_address, parse_mqtt_url, parse_redis_url
+from streamer.endpoints import redact_url as redact_url  # re-exported: callers log URLs with it
+from streamer.errors import ConfigError, EndpointError
 
 Method = Literal["price", "cap", "equal"]
 Variant = Literal["price", "total", "net"]
+OutsideSession = Literal["reject", "accept"]
+SessionClock = Literal["wall", "data"]
+StateStore = Literal["redis", "directory", "none"]
 
-INDEX_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Used with fullmatch: re.match with "$" would also accept a trailing newline.
+INDEX_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 VARIANT_SUFFIX: dict[str, str] = {"price": "", "total": ".TR", "net": ".NTR"}
+
+ALWAYS_OPEN_CALENDAR = "24/7"
+# The shape of an exchange_calendars name: an ISO 10383 MIC such as XNYS, or a prefixed
+# alias such as "CMES:..."; a name of this shape will be checked against exchange_calendars'
+# own names once streamer.calendars provides them.
+CALENDAR_NAME_PATTERN = re.compile(r"^[A-Z0-9]{3,5}$|^[A-Z]{2,4}:.*$")
+
+MAX_SYMBOL_LENGTH = 64
+MAX_CLIENT_ID_LENGTH = 128
+# MQTT strings (topic filters) carry a 16-bit length; a PUBLISH packet's remaining length
+# field stops at 268,435,455 bytes, so no payload can be larger.
+MQTT_MAX_STRING_BYTES = 65_535
+MQTT_MAX_PACKET_BYTES = 268_435_455
+# history_maxlen goes to Redis as XADD MAXLEN, a signed 64-bit integer.
+REDIS_MAX_INTEGER = 2**63 - 1
+# Durations become int64 nanoseconds in the engine (which ends after 292 years); a century
+# is far beyond any sane setting and well inside that.
+MAX_DURATION_S = 100 * 365 * 86_400.0
+MAX_DURATION_DAYS = 100 * 365.0
+# A fixed publish timer slower than an hour is a typo (seconds given as milliseconds, ...).
+MAX_PUBLISH_INTERVAL_MS = 3_600_000
+# Each full recompute walks every constituent of every index; more often than every 10 ms
+# it would take the engine's core away from the ticks.
+MIN_RECOMPUTE_INTERVAL_S = 0.01
 
 # ISO 4217 codes a desk is likely to meet; an index or constituent in any other code is a typo.
 KNOWN_CURRENCIES = frozenset(
@@ -108,6 +143,11 @@ class PublishSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only
 class QualitySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_move_pct: float = 10.0
     stale_after_s: float = 60.0
+    # A tick or FX rate stamped more than this after its receipt is rejected (future_ts).
+    max_future_s: float = 5.0
+    # A lower seq on a tick stamped at least this long after the symbol's last tick comes
+    # from a restarted feed: accepted (and logged) rather than rejected as out of order.
+    seq_reset_after_s: float = 30.0
 
 
 class IngestSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -117,6 +157,33 @@ class IngestSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=
     batch_max: int = 20_000
     # Sums are recomputed from scratch this often to bound floating-point drift.
     recompute_interval_s: float = 10.0
+
+
+class SessionSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # An exchange_calendars name (e.g. "XNYS") or "24/7"; an index may name its own.
+    calendar: str = ALWAYS_OPEN_CALENDAR
+    # The official close is taken this long after the scheduled one, so that ticks stamped
+    # before the close but arriving just after it still count.
+    close_delay_s: float = 5.0
+    outside_session: OutsideSession = "reject"
+    # "data": the market clock follows the newest data, so a replay of a recorded day opens
+    # and closes its sessions as the day did.
+    clock: SessionClock = "wall"
+
+
+class StateSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    store: StateStore = "redis"
+    # Required when store = "directory"; after loading always absolute (a relative path is
+    # taken relative to the config file).
+    directory: str = ""
+    checkpoint_interval_s: float = 5.0
+
+
+class ControlSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Future-dated actions waiting at once; beyond it new ones are refused.
+    max_pending: int = 10_000
+    # Applied action ids are remembered this long, so a redelivered action is applied once.
+    id_retention_days: float = 30.0
 
 
 class ConstituentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -137,6 +204,7 @@ class IndexDefinition(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     divisor: float | None = None
     base_value: float | None = None
     variants: tuple[Variant, ...] = ("price",)
+    calendar: str | None = None  # None: the service's [session].calendar
     constituents: tuple[ConstituentSpec, ...] = ()
     source: str = ""  # file the definition came from, for error messages
 
@@ -153,6 +221,7 @@ class _IndexFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     divisor: float | None = None
     base_value: float | None = None
     variants: tuple[Variant, ...] = ("price",)
+    calendar: str | None = None
     constituents: str | list[ConstituentSpec]
 
 
@@ -163,6 +232,9 @@ class _SettingsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     publish: PublishSettings = msgspec.field(default_factory=PublishSettings)
     quality: QualitySettings = msgspec.field(default_factory=QualitySettings)
     ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
+    session: SessionSettings = msgspec.field(default_factory=SessionSettings)
+    state: StateSettings = msgspec.field(default_factory=StateSettings)
+    control: ControlSettings = msgspec.field(default_factory=ControlSettings)
     indices: tuple[str, ...] = ("indices/*.toml",)
 
 
@@ -173,34 +245,44 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     publish: PublishSettings
     quality: QualitySettings
     ingest: IngestSettings
+    session: SessionSettings
+    state: StateSettings
+    control: ControlSettings
     indices: tuple[IndexDefinition, ...]
     path: str
 
 
-_SECTIONS = ("mqtt", "redis", "metrics", "publish", "quality", "ingest")
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, safe to log."""
-    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", url)
+# Section name -> its Struct; each can be overridden from STREAMER_<SECTION>_<KEY>.
+_SECTIONS: dict[str, type[_Section]] = {
+    "mqtt": MqttSettings,
+    "redis": RedisSettings,
+    "metrics": MetricsSettings,
+    "publish": PublishSettings,
+    "quality": QualitySettings,
+    "ingest": IngestSettings,
+    "session": SessionSettings,
+    "state": StateSettings,
+    "control": ControlSettings,
+}
+_INDICES_VARIABLE = "STREAMER_INDICES"
 
 
 def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Load and validate the service config and every index it names."""
     environ = os.environ if environ is None else environ
     cfg_path = Path(path)
-    raw = _read_toml(cfg_path)
-    _apply_env_overrides(raw, environ, cfg_path)
+    raw = _parse_toml(cfg_path)
+    source = _SettingsSource(cfg_path, _apply_env_overrides(raw, environ, cfg_path))
     try:
         parsed = msgspec.convert(raw, _SettingsFile, str_keys=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{cfg_path}: {_describe(exc)}") from None
-    _validate_settings(parsed, cfg_path)
+        raise source.conversion_error(exc) from None
+    _validate_settings(parsed, source)
     files: list[Path] = []
     for pattern in parsed.indices:
         matched = sorted(glob.glob(str(cfg_path.parent / pattern)))
         if not matched:
-            raise ConfigError(f"{cfg_path}: field `indices`: no file matches {pattern!r}")
+            raise source.error("indices", f"no file matches {pattern!r}")
         files.extend(Path(m) for m in matched)
     definitions = [load_index(f) for f in dict.fromkeys(files)]
     seen: dict[str, str] = {}
@@ -219,6 +301,9 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         publish=parsed.publish,
         quality=parsed.quality,
         ingest=parsed.ingest,
+        session=parsed.session,
+        state=_resolve_state_directory(parsed.state, source),
+        control=parsed.control,
         indices=tuple(definitions),
         path=str(cfg_path),
     )
@@ -226,11 +311,13 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
 
 def load_index(path: Path) -> IndexDefinition:
     """Load one index definition (TOML) and its constituents (inline or a CSV beside it)."""
-    raw = _read_toml(path)
+    raw = _parse_toml(path)
     try:
         parsed = msgspec.convert(raw, _IndexFile, str_keys=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc)}") from None
+        field, problem = _explain(exc, _IndexFile)
+        where = f"field `{field}`: " if field else ""
+        raise ConfigError(f"{path}: {where}{problem}") from None
     if isinstance(parsed.constituents, str):
         constituents = _read_constituents_csv(path.parent / parsed.constituents)
     else:
@@ -243,6 +330,7 @@ def load_index(path: Path) -> IndexDefinition:
         divisor=parsed.divisor,
         base_value=parsed.base_value,
         variants=parsed.variants,
+        calendar=parsed.calendar,
         constituents=constituents,
         source=str(path),
     )
@@ -254,11 +342,17 @@ def validate_index(d: IndexDefinition) -> None:
     """Semantic checks msgspec's types cannot express; raises ConfigError naming the field."""
 
     def fail(field: str, problem: str) -> ConfigError:
-        return ConfigError(f"{d.source or d.id}: field `{field}`: {problem}")
+        return ConfigError(f"{d.source or repr(d.id)}: field `{field}`: {problem}")
 
-    if not INDEX_ID_PATTERN.match(d.id):
+    if not INDEX_ID_PATTERN.fullmatch(d.id):
         raise fail("id", f"{d.id!r} must match [A-Za-z0-9._-]{{1,64}}")
+    if not d.name.isprintable():
+        raise fail("name", f"must be one line of printable text, got {d.name!r}")
     _check_currency(d.currency, lambda p: fail("currency", p))
+    if d.calendar is not None:
+        calendar_problem = validate_calendar_name(d.calendar)
+        if calendar_problem:
+            raise fail("calendar", calendar_problem)
     if (d.divisor is None) == (d.base_value is None):
         raise fail("divisor", "give exactly one of `divisor` and `base_value`")
     if d.divisor is not None and not _positive(d.divisor):
@@ -277,9 +371,11 @@ def validate_index(d: IndexDefinition) -> None:
         raise fail("constituents", "an index needs at least one constituent")
     symbols: set[str] = set()
     for c in d.constituents:
+        # The symbol is checked first: it goes into the field name of every later message.
+        symbol_problem = validate_symbol(c.symbol)
+        if symbol_problem:
+            raise fail("constituents.symbol", symbol_problem)
         where = f"constituents[{c.symbol}]"
-        if not c.symbol or len(c.symbol) > 64:
-            raise fail("constituents.symbol", f"invalid symbol {c.symbol!r}")
         if c.symbol in symbols:
             raise fail(where, f"duplicate symbol {c.symbol!r}")
         symbols.add(c.symbol)
@@ -297,6 +393,56 @@ def validate_index(d: IndexDefinition) -> None:
             _check_currency(c.currency, lambda p, w=where: fail(f"{w}.currency", p))
 
 
+def validate_symbol(symbol: str) -> str | None:
+    """Why ``symbol`` cannot be a constituent symbol, or None.
+
+    1..64 printable characters without whitespace: symbols go into log lines, metric labels
+    and Redis keys, where a newline or an escape sequence would forge or garble them.
+    """
+    if not 1 <= len(symbol) <= MAX_SYMBOL_LENGTH:
+        return f"symbol {symbol!r} must have 1..{MAX_SYMBOL_LENGTH} characters"
+    if _has_space_or_control(symbol):
+        return f"symbol {symbol!r} must not contain whitespace or control characters"
+    return None
+
+
+def validate_calendar_name(name: str) -> str | None:
+    """Why ``name`` is not a trading calendar, or None: "24/7" or an exchange_calendars name.
+
+    For now only the shape of the name is checked; it will be checked against
+    exchange_calendars' own names once streamer.calendars provides them.
+    """
+    if name == ALWAYS_OPEN_CALENDAR:
+        return None
+    if name.isprintable() and CALENDAR_NAME_PATTERN.fullmatch(name):
+        return None
+    return (
+        f"unknown calendar {name!r} (expected {ALWAYS_OPEN_CALENDAR!r} or an exchange_calendars "
+        "name such as 'XNYS' or 'XLON')"
+    )
+
+
+def validate_topic_filter(topic: str) -> str | None:
+    """Why ``topic`` is not an MQTT 3.1.1 topic filter (section 4.7), or None.
+
+    A broker disconnects a client that subscribes to an invalid filter, and the service would
+    reconnect and subscribe again forever.
+    """
+    if not topic:
+        return "a topic filter must not be empty"
+    if not topic.isprintable():  # includes NUL, which MQTT forbids in every string
+        return f"topic filter {topic!r} contains a control character"
+    if len(topic.encode("utf-8")) > MQTT_MAX_STRING_BYTES:
+        return f"a topic filter has at most {MQTT_MAX_STRING_BYTES} bytes"
+    levels = topic.split("/")
+    for position, level in enumerate(levels):
+        if "#" in level and (level != "#" or position != len(levels) - 1):
+            return f"topic filter {topic!r}: `#` must be the whole last level (e.g. ticks/#)"
+        if "+" in level and level != "+":
+            return f"topic filter {topic!r}: `+` must be a whole level (e.g. ticks/+/trade)"
+    return None
+
+
 def _check_currency(code: str, fail: Any) -> None:
     if code not in KNOWN_CURRENCIES:
         raise fail(f"unknown currency {code!r} (expected an ISO 4217 code such as USD)")
@@ -306,48 +452,189 @@ def _positive(x: float) -> bool:
     return math.isfinite(x) and x > 0.0
 
 
-def _validate_settings(s: _SettingsFile, path: Path) -> None:
-    def fail(field: str, problem: str) -> ConfigError:
-        return ConfigError(f"{path}: field `{field}`: {problem}")
+def _has_space_or_control(text: str) -> bool:
+    return any(ch.isspace() or not ch.isprintable() for ch in text)
 
-    if not re.match(r"^mqtts?://", s.mqtt.url):
-        raise fail(
-            "mqtt.url", f"must start with mqtt:// or mqtts://, got {redact_url(s.mqtt.url)!r}"
-        )
-    if not re.match(r"^rediss?://", s.redis.url):
-        raise fail(
-            "redis.url", f"must start with redis:// or rediss://, got {redact_url(s.redis.url)!r}"
-        )
+
+@dataclass(frozen=True)
+class _SettingsSource:
+    """Where the service settings came from: the file, and the variables that overrode it."""
+
+    path: Path
+    variables: Mapping[str, str]  # field ("redis.url", "indices") -> variable that set it
+
+    def error(self, field: str, problem: str) -> ConfigError:
+        variable = self.variables.get(field)
+        if variable is not None:
+            return ConfigError(f"{variable}: {problem}")
+        return ConfigError(f"{self.path}: field `{field}`: {problem}")
+
+    def conversion_error(self, exc: msgspec.ValidationError) -> ConfigError:
+        field, problem = _explain(exc, _SettingsFile)
+        return self.error(field, problem) if field else ConfigError(f"{self.path}: {problem}")
+
+
+def _validate_settings(s: _SettingsFile, source: _SettingsSource) -> None:
+    def check(field: str, problem: str | None) -> None:
+        if problem is not None:
+            raise source.error(field, problem)
+
+    def check_endpoint(field: str, parse: Callable[[str], object], text: str) -> None:
+        try:
+            parse(text)
+        except EndpointError as exc:
+            raise source.error(field, str(exc)) from None
+
+    check_endpoint("mqtt.url", parse_mqtt_url, s.mqtt.url)
+    check("mqtt.client_id", _client_id_problem(s.mqtt.client_id))
     if not s.mqtt.topics:
-        raise fail("mqtt.topics", "subscribe to at least one topic")
-    if s.mqtt.max_payload_bytes <= 0:
-        raise fail("mqtt.max_payload_bytes", "must be positive")
+        raise source.error("mqtt.topics", "subscribe to at least one topic")
+    for topic in s.mqtt.topics:
+        check("mqtt.topics", validate_topic_filter(topic))
+    if len(set(s.mqtt.topics)) != len(s.mqtt.topics):
+        raise source.error("mqtt.topics", "lists a topic filter twice")
+    check(
+        "mqtt.max_payload_bytes",
+        _integer_problem(s.mqtt.max_payload_bytes, 1, MQTT_MAX_PACKET_BYTES),
+    )
+    check_endpoint("redis.url", parse_redis_url, s.redis.url)
     if not s.redis.prefix:
-        raise fail("redis.prefix", "must not be empty")
-    if s.redis.history_maxlen <= 0:
-        raise fail("redis.history_maxlen", "must be positive")
-    if not re.match(r"^[^:\s]*:\d{1,5}$", s.metrics.listen):
-        raise fail("metrics.listen", f"must be HOST:PORT, got {s.metrics.listen!r}")
-    if s.publish.interval_ms < 0:
-        raise fail("publish.interval_ms", "must be >= 0")
-    if not (math.isfinite(s.quality.max_move_pct) and s.quality.max_move_pct > 0):
-        raise fail("quality.max_move_pct", "must be a positive number")
-    if not (math.isfinite(s.quality.stale_after_s) and s.quality.stale_after_s > 0):
-        raise fail("quality.stale_after_s", "must be a positive number")
-    if s.ingest.queue_max <= 0 or s.ingest.batch_max <= 0:
-        raise fail("ingest", "queue_max and batch_max must be positive")
+        raise source.error("redis.prefix", "must not be empty")
+    if _has_space_or_control(s.redis.prefix):
+        raise source.error(
+            "redis.prefix", f"must not contain whitespace or control characters: {s.redis.prefix!r}"
+        )
+    check("redis.history_maxlen", _integer_problem(s.redis.history_maxlen, 1, REDIS_MAX_INTEGER))
+    check_endpoint("metrics.listen", parse_listen_address, s.metrics.listen)
+    check(
+        "publish.interval_ms",
+        _integer_problem(s.publish.interval_ms, 0, MAX_PUBLISH_INTERVAL_MS),
+    )
+    check("quality.max_move_pct", _number_problem(s.quality.max_move_pct, above=0.0))
+    check("quality.stale_after_s", _duration_problem(s.quality.stale_after_s))
+    check("quality.max_future_s", _duration_problem(s.quality.max_future_s))
+    check("quality.seq_reset_after_s", _duration_problem(s.quality.seq_reset_after_s))
+    check("ingest.queue_max", _integer_problem(s.ingest.queue_max, 1))
+    check("ingest.batch_max", _integer_problem(s.ingest.batch_max, 1))
+    check(
+        "ingest.recompute_interval_s",
+        _duration_problem(s.ingest.recompute_interval_s, at_least=MIN_RECOMPUTE_INTERVAL_S),
+    )
+    check("session.calendar", validate_calendar_name(s.session.calendar))
+    check("session.close_delay_s", _duration_problem(s.session.close_delay_s, at_least=0.0))
+    if s.state.store == "directory" and not s.state.directory:
+        # Blame the store setting when the environment chose it and the directory was left out.
+        blamed = "state.store" if "state.store" in source.variables else "state.directory"
+        raise source.error(blamed, 'store = "directory" needs a non-empty state.directory')
+    if not s.state.directory.isprintable():
+        raise source.error("state.directory", f"contains control characters: {s.state.directory!r}")
+    check("state.checkpoint_interval_s", _duration_problem(s.state.checkpoint_interval_s))
+    check("control.max_pending", _integer_problem(s.control.max_pending, 1))
+    check(
+        "control.id_retention_days",
+        _number_problem(
+            s.control.id_retention_days, above=0.0, at_most=MAX_DURATION_DAYS, unit=" days"
+        ),
+    )
     if not s.indices:
-        raise fail("indices", "name at least one index definition glob")
+        raise source.error("indices", "name at least one index definition glob")
+    for pattern in s.indices:
+        if not pattern or not pattern.isprintable():
+            raise source.error("indices", f"{pattern!r} is not a file name pattern")
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _resolve_state_directory(state: StateSettings, source: _SettingsSource) -> StateSettings:
+    """The state settings with ``directory`` made absolute (relative to the config file)."""
+    if not state.directory:
+        return state
+    directory = (source.path.parent / state.directory).resolve()
+    if directory.exists() and not directory.is_dir():
+        raise source.error("state.directory", f"{directory} exists and is not a directory")
+    return msgspec.structs.replace(state, directory=str(directory))
+
+
+def _client_id_problem(client_id: str) -> str | None:
+    if not 1 <= len(client_id) <= MAX_CLIENT_ID_LENGTH:
+        return f"must have 1..{MAX_CLIENT_ID_LENGTH} characters, got {len(client_id)}"
+    if _has_space_or_control(client_id):
+        return f"must not contain whitespace or control characters: {client_id!r}"
+    return None
+
+
+def _integer_problem(value: int, lowest: int, highest: int | None = None) -> str | None:
+    if value >= lowest and (highest is None or value <= highest):
+        return None
+    if highest is None:
+        return f"must be an integer >= {lowest}, got {value}"
+    return f"must be an integer in {lowest}..{highest}, got {value}"
+
+
+def _number_problem(
+    value: float,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    unit: str = "",
+) -> str | None:
+    inside = (
+        math.isfinite(value)
+        and (above is None or value > above)
+        and (at_least is None or value >= at_least)
+        and (at_most is None or value <= at_most)
+    )
+    if inside:
+        return None
+    bounds = [
+        f"{relation} {_plain_number(bound)}"
+        for relation, bound in ((">", above), (">=", at_least), ("<=", at_most))
+        if bound is not None
+    ]
+    return f"must be a finite number {' and '.join(bounds)}{unit}, got {value!r}"
+
+
+def _duration_problem(seconds: float, *, at_least: float | None = None) -> str | None:
+    """A duration in seconds: > 0 (or >= at_least), finite, at most a century."""
+    above = 0.0 if at_least is None else None
+    return _number_problem(
+        seconds, above=above, at_least=at_least, at_most=MAX_DURATION_S, unit=" seconds"
+    )
+
+
+def _plain_number(x: float) -> str:
+    """3153600000 rather than 3.1536e+09, 0.01 rather than 0.010000."""
+    return str(int(x)) if x.is_integer() else repr(x)
+
+
+def _read_text(path: Path, kind: str, *, encoding: str = "utf-8-sig") -> str:
+    """The whole file as text; every way of failing becomes a ConfigError naming the file.
+
+    ``utf-8-sig`` also accepts the byte-order mark that spreadsheet exports put first.
+    """
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
+        raise ConfigError(f"{path}: {kind} not found") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a TOML file") from None
+        raise ConfigError(f"{path}: is a directory, expected a {kind}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {kind}: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL in the name
+        raise ConfigError(f"{str(path)!r}: not a usable file name") from None
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+            f"save the {kind} as UTF-8"
+        ) from None
+
+
+def _parse_toml(path: Path) -> dict[str, Any]:
+    text = _read_text(path, "TOML file")
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
@@ -356,11 +643,11 @@ _CSV_COLUMNS = ("symbol", "shares", "iwf", "awf", "currency", "withholding", "pr
 
 
 def _read_constituents_csv(path: Path) -> tuple[ConstituentSpec, ...]:
+    text = _read_text(path, "constituents CSV file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: constituents file not found") from None
-    rows = [r for r in csv.reader(text.splitlines()) if r and not r[0].startswith("#")]
+        rows = [r for r in csv.reader(text.splitlines()) if r and not r[0].startswith("#")]
+    except csv.Error as exc:
+        raise ConfigError(f"{path}: malformed CSV: {exc}") from None
     if not rows:
         raise ConfigError(f"{path}: no constituents")
     header = [h.strip().lower() for h in rows[0]]
@@ -369,7 +656,8 @@ def _read_constituents_csv(path: Path) -> tuple[ConstituentSpec, ...]:
     for h in header:
         if h not in _CSV_COLUMNS:
             raise ConfigError(
-                f"{path}: line 1: unknown column `{h}` (known: {', '.join(_CSV_COLUMNS)})"
+                f"{path}: line 1: unknown column `{h if h.isprintable() else repr(h)}` "
+                f"(known: {', '.join(_CSV_COLUMNS)})"
             )
     out: list[ConstituentSpec] = []
     for lineno, row in enumerate(rows[1:], start=2):
@@ -392,13 +680,21 @@ def _read_constituents_csv(path: Path) -> tuple[ConstituentSpec, ...]:
         try:
             out.append(msgspec.convert(record, ConstituentSpec))
         except msgspec.ValidationError as exc:
-            raise ConfigError(f"{path}: line {lineno}: {_describe(exc)}") from None
+            field, problem = _explain(exc, ConstituentSpec)
+            where = f"field `{field}`: " if field else ""
+            raise ConfigError(f"{path}: line {lineno}: {where}{problem}") from None
     return tuple(out)
 
 
-def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], path: Path) -> None:
-    """Overlay ``STREAMER_<SECTION>_<KEY>`` variables (and ``..._PASSWORD_FILE``) onto the TOML."""
-    for section in _SECTIONS:
+def _apply_env_overrides(
+    raw: dict[str, Any], environ: Mapping[str, str], path: Path
+) -> dict[str, str]:
+    """Overlay ``STREAMER_<SECTION>_<KEY>`` variables (and ``..._PASSWORD_FILE``) onto the TOML.
+
+    Returns the variable behind each field it set, so that errors name the variable.
+    """
+    variables: dict[str, str] = {}
+    for section, section_type in _SECTIONS.items():
         table = raw.get(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: field `{section}`: must be a table")
@@ -408,47 +704,97 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str], path: 
                 f"environment (STREAMER_{section.upper()}_PASSWORD) or a file, "
                 "never from the config"
             )
+        fields = {f.name: f.type for f in _struct_fields(section_type)}
         prefix = f"STREAMER_{section.upper()}_"
-        for name, value in environ.items():
+        for name in sorted(environ):  # sorted: which of two conflicting variables is named
             if not name.startswith(prefix):
                 continue
+            value = environ[name]
             key = name[len(prefix) :].lower()
-            if _KUBERNETES_SERVICE_LINK.match(key):
+            if "password" in fields and key in ("password", "password_file"):
+                field = f"{section}.password"
+                if field in variables:
+                    raise ConfigError(f"{name}: set either {variables[field]} or {name}, not both")
+                table["password"] = (
+                    _read_password_file(name, value) if key == "password_file" else value
+                )
+                variables[field] = name
+            elif key in fields:
+                table[key] = _env_value(name, value, fields[key])
+                variables[f"{section}.{key}"] = name
+            elif _KUBERNETES_SERVICE_LINK.fullmatch(key):
                 # Injected by Kubernetes for a Service named e.g. "streamer-redis"; not ours.
                 continue
-            if key == "password_file":
-                try:
-                    table["password"] = Path(value).read_text(encoding="utf-8").strip()
-                except OSError as exc:
-                    raise ConfigError(
-                        f"{name}: cannot read password file: {exc.strerror}"
-                    ) from None
-            elif key == "topics":
-                table[key] = [t.strip() for t in value.split(",") if t.strip()]
             else:
-                table[key] = _coerce_env(value)
+                known = ", ".join(f"{prefix}{k.upper()}" for k in fields if k != "password")
+                raise ConfigError(f"{name}: unknown setting (known in [{section}]: {known})")
         if table:
             raw[section] = table
-    env_indices = environ.get("STREAMER_INDICES")
+    env_indices = environ.get(_INDICES_VARIABLE)
     if env_indices:
         raw["indices"] = [p.strip() for p in env_indices.split(",") if p.strip()]
+        variables["indices"] = _INDICES_VARIABLE
+    return variables
 
 
+# Service links: <NAME>_SERVICE_HOST, <NAME>_SERVICE_PORT[_<port>], <NAME>_PORT[_<n>_TCP...]
+# for every Service in the namespace; a Service "streamer-redis-primary" gives keys such as
+# "primary_service_host" under [redis].  Known setting names are matched before this.
 _KUBERNETES_SERVICE_LINK = re.compile(
-    r"^(service_host|service_port(_.*)?|port(_\d+_(tcp|udp|sctp).*)?)$"
+    r"(?:[a-z0-9_]+_)?(?:service_host|service_port(?:_.*)?|port(?:_\d+_(?:tcp|udp|sctp).*)?)"
 )
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*")
 
 
-def _coerce_env(value: str) -> Any:
-    # Environment values are strings; TOML's scalar syntax gives them their natural type.
+def _struct_fields(struct_type: type[msgspec.Struct]) -> tuple[msgspec.inspect.Field, ...]:
+    info = msgspec.inspect.type_info(struct_type)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return info.fields
+
+
+def _read_password_file(variable: str, file_name: str) -> str:
     try:
-        return tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        return value
+        return Path(file_name).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read password file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{variable}: the password file is not UTF-8 text") from None
+    except ValueError:  # a NUL in the name
+        raise ConfigError(f"{variable}: not a usable file name") from None
 
 
-def _describe(exc: msgspec.ValidationError) -> str:
-    """msgspec says 'Object missing required field `x` - at `$.a[0]`'; say it field-first."""
+def _env_value(variable: str, text: str, kind: msgspec.inspect.Type) -> Any:
+    """An environment variable's text as the field's type; the message names the variable."""
+    shown = _shown(text)
+    if isinstance(kind, msgspec.inspect.IntType):
+        if not _INTEGER_TEXT.fullmatch(text.strip()):
+            raise ConfigError(f"{variable}: expected an integer, got {shown}")
+        return int(text)
+    if isinstance(kind, msgspec.inspect.FloatType):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{variable}: expected a number, got {shown}") from None
+    if isinstance(kind, msgspec.inspect.LiteralType):
+        if text not in kind.values:
+            expected = ", ".join(repr(v) for v in kind.values)
+            raise ConfigError(f"{variable}: expected one of {expected}, got {shown}")
+        return text
+    if isinstance(kind, msgspec.inspect.VarTupleType):
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return text
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` quoted for a message: control characters escaped, at most ``limit`` long."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def _explain(exc: msgspec.ValidationError, root: type) -> tuple[str | None, str]:
+    """msgspec says 'Object missing required field `x` - at `$.a[0]`'; say it field-first.
+
+    Returns the field's dotted path (None for the whole document) and the problem.
+    """
     message = str(exc)
     match = re.match(r"^(.*?)(?: - at `\$(.*)`)?$", message)
     problem, where = (match.group(1), match.group(2)) if match else (message, None)
@@ -456,10 +802,37 @@ def _describe(exc: msgspec.ValidationError) -> str:
     location = (where or "").lstrip(".")
     if field and "unknown field" in problem:
         name = f"{location}.{field.group(1)}" if location else field.group(1)
-        return f"field `{name}`: unknown field"
+        return name, "unknown field"
     if field and "missing required field" in problem:
         name = f"{location}.{field.group(1)}" if location else field.group(1)
-        return f"field `{name}`: required field is missing"
-    if location:
-        return f"field `{location}`: {problem}"
-    return problem
+        return name, "required field is missing"
+    if problem.startswith("Invalid enum value") and location:
+        allowed = _literal_values(root, location)
+        if allowed:
+            problem += f" (expected one of {', '.join(repr(v) for v in allowed)})"
+    return (location or None), problem
+
+
+def _literal_values(root: type, location: str) -> tuple[Any, ...]:
+    """The values a Literal field at ``location`` (e.g. ``variants[2]``) accepts, if any."""
+    kind: msgspec.inspect.Type = msgspec.inspect.type_info(root)
+    for step in re.sub(r"\[\d+\]", "", location).split("."):
+        kind = _element_type(kind)
+        if not isinstance(kind, msgspec.inspect.StructType):
+            return ()
+        kind = next((f.type for f in kind.fields if f.name == step), msgspec.inspect.AnyType())
+    kind = _element_type(kind)
+    return kind.values if isinstance(kind, msgspec.inspect.LiteralType) else ()
+
+
+def _element_type(kind: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    """What a container or optional type holds: a step along a path into nested values."""
+    while True:
+        if isinstance(kind, msgspec.inspect.UnionType):
+            inner = [t for t in kind.types if not isinstance(t, msgspec.inspect.NoneType)]
+            containers = [t for t in inner if not isinstance(t, msgspec.inspect.StrType)]
+            kind = (containers or inner)[0]
+        elif isinstance(kind, msgspec.inspect.VarTupleType | msgspec.inspect.ListType):
+            kind = kind.item_type
+        else:
+            return kind

@@ -9,6 +9,10 @@ class ConfigError(StreamerError):
     """Invalid service config or index definition; the message names the file, field and problem."""
 
 
+class EndpointError(StreamerError):
+    """A broker, Redis or listen address that cannot be used; says what is wrong, not where."""
+
+
 class InputError(StreamerError):
     """A message that cannot be used (malformed, wrong type); carries a reason code for metrics."""
 

@@ -29,6 +29,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from streamer.config import RedisSettings, Settings, redact_url
+from streamer.endpoints import parse_listen_address
 from streamer.engine import BatchResult, Engine
 from streamer.errors import StreamerError
 from streamer.ingest import (
@@ -337,9 +338,10 @@ class Service:
         return problems
 
     async def _start_http(self) -> asyncio.Server:
-        host, _, port = self.settings.metrics.listen.rpartition(":")
+        # Validated at load: an explicit host (brackets stripped from IPv6) and a port.
+        address = parse_listen_address(self.settings.metrics.listen)
         try:
-            server = await asyncio.start_server(self._http, host or "0.0.0.0", int(port))
+            server = await asyncio.start_server(self._http, address.host, address.port)
         except OSError as exc:
             raise StreamerError(
                 f"metrics.listen {self.settings.metrics.listen}: {exc.strerror or exc}"

@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from streamer.config import Settings, redact_url
-from streamer.errors import StreamerError
+from streamer.endpoints import parse_mqtt_url
+from streamer.errors import EndpointError, StreamerError
 from streamer.mqtt.codec import DISCONNECT, PINGREQ, connect_packet, publish_packet
 
 log = logging.getLogger(__name__)
@@ -65,20 +65,16 @@ class BrokerEndpoint:
     @classmethod
     def from_url(cls, url: str, password: str | None = None) -> BrokerEndpoint:
         """Parse ``mqtt[s]://[user[:password]@]host[:port]``; ``password`` fills a missing one."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise BrokerError(f"broker url must start with mqtt:// or mqtts://: {redact_url(url)}")
-        tls = parts.scheme == "mqtts"
         try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError:
-            raise BrokerError(f"bad port in broker url {redact_url(url)}") from None
+            parsed = parse_mqtt_url(url)
+        except EndpointError as exc:
+            raise BrokerError(f"broker url {redact_url(url)}: {exc}") from None
         return cls(
-            host=parts.hostname or "127.0.0.1",
-            port=port,
-            tls=tls,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else password,
+            host=parsed.host,
+            port=parsed.port,
+            tls=parsed.tls,
+            username=parsed.username,
+            password=parsed.password if parsed.password is not None else password,
         )
 
     @classmethod
