@@ -94,6 +94,67 @@ class Metrics:
         self.redis_errors = Counter(
             "streamer_redis_errors", "Failed Redis publish cycles or probes.", registry=r
         )
+        self.actions = Counter(
+            "streamer_actions",
+            "Control actions by outcome (accepted, applied, rejected) and reason.",
+            ["outcome", "reason"],
+            registry=r,
+        )
+        self.references = Counter(
+            "streamer_references",
+            "Reference levels by outcome (accepted, rejected) and reason.",
+            ["outcome", "reason"],
+            registry=r,
+        )
+        self.seq_resets = Counter(
+            "streamer_seq_resets",
+            "Ticks whose lower seq was taken as a restarted producer (after a gap).",
+            registry=r,
+        )
+        self.ingest_lag = Gauge(
+            "streamer_ingest_lag_seconds",
+            "Wall clock minus the ts of the newest tick applied: how far levels are behind "
+            "the feed (it grows when the feed stops as well).",
+            registry=r,
+        )
+        self.redis_state = Gauge(
+            "streamer_redis_state",
+            "1 for the current state of the Redis connection.",
+            ["state"],
+            registry=r,
+        )
+        self.mqtt_session_lost = Counter(
+            "streamer_mqtt_session_lost",
+            "Connections where the broker had lost our persistent session (QoS 1 messages "
+            "sent meanwhile may be lost).",
+            registry=r,
+        )
+        self.mqtt_takeovers = Counter(
+            "streamer_mqtt_takeovers",
+            "Times another client seemed to take our session over (same client id).",
+            registry=r,
+        )
+        self.checkpoint_age = Gauge(
+            "streamer_checkpoint_age_seconds",
+            "Seconds since the engine's state was last made durable.",
+            registry=r,
+        )
+        self.checkpoint_bytes = Gauge(
+            "streamer_checkpoint_bytes",
+            "Size of the last checkpoint written (market part, plus structure when it moved).",
+            registry=r,
+        )
+        self.checkpoint_errors = Counter(
+            "streamer_checkpoint_errors",
+            "Checkpoints that could not be written.",
+            registry=r,
+        )
+        self.last_close = Gauge(
+            "streamer_last_close_timestamp_seconds",
+            "Scheduled close time of the last official close taken, per series.",
+            ["index"],
+            registry=r,
+        )
         self._tick_children: dict[tuple[str, str], Counter] = {}
         self.sum_drift_ratio = Gauge(
             "streamer_sum_drift_ratio",

@@ -31,6 +31,11 @@ class PipeError(StreamerError):
     """The pipe failed (connection lost, refused, or an error reply)."""
 
 
+class ReplyError(PipeError):
+    """Redis answered a command with an error (the connection is fine): e.g. OOM when it is
+    out of memory, READONLY when it was restarted as a replica."""
+
+
 class Reply(NamedTuple):
     value: Any
     received_ns: int  # clock at the reply's arrival: the command's acknowledgement
@@ -107,7 +112,7 @@ class CommandPipe:
                 if reply.done():
                     continue
                 if isinstance(value, ResponseError):
-                    reply.set_exception(PipeError(str(value)))
+                    reply.set_exception(ReplyError(str(value)))
                 else:
                     reply.set_result(Reply(value, received_ns))
         except asyncio.CancelledError:

@@ -133,8 +133,8 @@ class Engine:
         self.small_batch = SMALL_BATCH
         self.band = quality.max_move_pct / 100.0
         self.stale_after_ns = int(quality.stale_after_s * 1e9)
-        self.max_future_ns = int(getattr(quality, "max_future_s", 5.0) * 1e9)
-        self.reset_gap_ns = int(getattr(quality, "seq_reset_after_s", 30.0) * 1e9)
+        self.max_future_ns = int(quality.max_future_s * 1e9)
+        self.reset_gap_ns = int(quality.seq_reset_after_s * 1e9)
         self.max_pending = max_pending
         self.id_retention_ns = id_retention_ns
         self.sessions = sessions
@@ -144,7 +144,7 @@ class Engine:
         self.weightings: list[Weighting] = [WEIGHTINGS[d.method] for d in self.definitions]
         self.currencies = [d.currency for d in self.definitions]
         self.calendar_of = [
-            (getattr(d, "calendar", None) or sessions.default_calendar) if sessions else ""
+            (d.calendar or sessions.default_calendar) if sessions else ""
             for d in self.definitions
         ]
         self.calendars = list(dict.fromkeys(self.calendar_of)) if sessions else []
@@ -404,9 +404,9 @@ class Engine:
             self._row_version = self.universe.version
         if self.sessions is not None:
             self._follow_sessions(now)
-        return Screen(
-            self.band, now, received + self.max_future_ns, self.reset_gap_ns, BatchResult()
-        )
+        # Clamped: an offline run passes no receipt time (the largest one).
+        future_limit = min(received + self.max_future_ns, MAX_TS)
+        return Screen(self.band, now, future_limit, self.reset_gap_ns, BatchResult())
 
     def _quiet_until(
         self, now: int, ticks: Sequence[Tick] | I64, fx: Sequence[FxRate] = ()
@@ -749,6 +749,7 @@ class Engine:
     def _finish(self, now: int, screen: Screen) -> None:
         """Fire the events now due, fix new divisors, and list the series that changed."""
         result = screen.result
+        result.newest_ts = screen.newest
         if self._next_trigger <= now:
             self._fire_due(now, screen)
         if self._maybe_unestablished:

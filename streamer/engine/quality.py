@@ -63,7 +63,16 @@ class Screen:
     """One batch's screening parameters, and where its findings go.  A slots class: one is
     made per batch and read per tick (a NamedTuple costs three times as much to read)."""
 
-    __slots__ = ("band", "future_limit", "now_ns", "outcomes", "reset_gap", "resets", "result")
+    __slots__ = (
+        "band",
+        "future_limit",
+        "newest",
+        "now_ns",
+        "outcomes",
+        "reset_gap",
+        "resets",
+        "result",
+    )
 
     def __init__(
         self, band: float, now_ns: int, future_limit: int, reset_gap: int, result: BatchResult
@@ -75,6 +84,7 @@ class Screen:
         self.result = result
         self.outcomes: Outcomes = result.outcomes
         self.resets: list[int] = []  # sids whose producer restarted its seq
+        self.newest = 0  # ts of the newest tick accepted
 
 
 class Runs(NamedTuple):
@@ -154,6 +164,8 @@ def screen_runs(
         lasts, clean_sids = lasts[clean_run], touched[clean_run]
         rest = np.sort(order[dirty_symbol.take(s)])
     last_t = t.take(lasts)
+    if len(last_t):
+        screen.newest = max(screen.newest, int(last_t.max()))
     book.price[clean_sids] = p.take(lasts)
     book.source_ts[clean_sids] = last_t
     book.last_ts[clean_sids] = last_t
@@ -212,6 +224,8 @@ def screen_round(
     new_hold = ~accept
 
     accepted = sids[accept]
+    if len(accepted):
+        screen.newest = max(screen.newest, int(ts[accept].max()))
     book.price[accepted] = prices[accept]
     book.source_ts[accepted] = ts[accept]
     book.fresh_ns[accepted] = screen.now_ns
@@ -273,6 +287,8 @@ def screen_one(
     cells.source_ts[sid] = ts
     cells.fresh_ns[sid] = screen.now_ns
     outcomes[ACCEPTED_OK] += 1
+    if ts > screen.newest:
+        screen.newest = ts
     return True
 
 

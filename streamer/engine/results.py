@@ -95,6 +95,7 @@ class BatchResult(msgspec.Struct, gc=False):
     closes: Sequence[CloseRecord] = ()
     seq_resets: Sequence[str] = ()  # symbols whose producer restarted its seq
     rejected_references: Sequence[tuple[str, str]] = ()  # (series, why)
+    newest_ts: int = 0  # ts of the newest tick accepted in the batch (0: none)
 
     def add_audit(self, records: Iterable[AuditRecord]) -> None:
         self.audit = _grown(self.audit, records)

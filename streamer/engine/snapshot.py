@@ -323,7 +323,7 @@ def restore(
     cursors: dict[str, Cursor] = {}
     if sessions is not None:
         calendars = {r.name: r for r in s.calendars}
-        wanted = {getattr(d, "calendar", None) or sessions.default_calendar for d in definitions}
+        wanted = {d.calendar or sessions.default_calendar for d in definitions}
         for name in sorted(wanted):
             where = calendars.get(name)
             if where is not None:

@@ -28,8 +28,20 @@ CONFLATED = "conflated"
 INBOX_FULL = "inbox_full"
 
 
+def tag_ack(generation: int, packet_id: int) -> int:
+    """A packet id with the connection it came on: an id is only acknowledged on that one
+    (after a reconnect the broker redelivers instead)."""
+    return (generation << 16) | packet_id
+
+
+def untag_ack(ack: int) -> tuple[int, int]:
+    """(connection generation, packet id) of a tagged ack."""
+    return ack >> 16, ack & 0xFFFF
+
+
 class RawInbox:
-    """Raw ``(topic, payload, receipt_ns, ack)`` messages for the pipeline.
+    """Raw ``(topic, payload, receipt_ns, ack)`` messages for the pipeline; ``ack`` is 0 for
+    QoS 0, else the tagged packet id (see :func:`tag_ack`).
 
     Filled from aiomqtt's socket reader (on the event loop thread), so it may touch the event
     directly.
@@ -52,12 +64,13 @@ class RawInbox:
         self.dropped = 0  # shed by the memory bound since the last take_dropped()
         self.refused_acks: list[int] = []  # packet ids of messages refused before decoding
         self.received = 0
+        self.generation = 0  # of the broker connection filling it (set by the transport)
 
     def on_message(self, client: Any, userdata: Any, message: Any) -> None:
         """paho ``on_message`` (callback API v2): messages paho decoded (QoS 1 and 2, and
         everything when the fast path is off).  Its packet id is kept for the ack."""
         payload: bytes = message.payload
-        ack = message.mid if message.qos else 0
+        ack = tag_ack(self.generation, message.mid) if message.qos else 0
         try:
             topic: str = message.topic
         except UnicodeDecodeError:
@@ -85,9 +98,7 @@ class RawInbox:
         if was_empty:
             self._event.set()
 
-    def put(
-        self, topic: str, payload: bytes, receipt_ns: int | None = None, ack: int = 0
-    ) -> None:
+    def put(self, topic: str, payload: bytes, receipt_ns: int | None = None, ack: int = 0) -> None:
         """Add a message directly (tests, replay), with the same size check."""
         if len(payload) > self.max_payload_bytes:
             self.rejected[OVERSIZE] += 1

@@ -29,7 +29,7 @@ import aiomqtt
 from streamer.backoff import Backoff
 from streamer.config import MqttSettings
 from streamer.endpoints import MqttEndpoint, parse_mqtt_url
-from streamer.ingest.inbox import OVERSIZE, UNKNOWN_TOPIC, RawInbox
+from streamer.ingest.inbox import OVERSIZE, UNKNOWN_TOPIC, RawInbox, tag_ack, untag_ack
 from streamer.metrics import Metrics
 from streamer.mqtt.codec import KEEPALIVE_S, frame_packets
 
@@ -146,6 +146,12 @@ def install_fast_path(client: aiomqtt.Client, inbox: RawInbox) -> bool:
     if paho is None:
         return False
     paho.on_message = inbox.on_message
+    # Anything aiomqtt queued before we took over (there should be nothing): to the inbox.
+    queued = getattr(client, "_queue", None)
+    while queued is not None and not queued.empty():
+        message = queued.get_nowait()
+        ack = tag_ack(inbox.generation, message.mid) if message.qos else 0
+        inbox.put(str(message.topic), _payload_bytes(message.payload), ack=ack)
     sock = getattr(paho, "_sock", None)
     if isinstance(sock, socket.socket):  # includes ssl.SSLSocket
         # The framing is MQTT 3.1.1's; a v5 PUBLISH carries properties.
@@ -204,13 +210,17 @@ class MqttIngest:
         )
 
     def _watch_connack(self, client: aiomqtt.Client) -> None:
-        """Record CONNACK's session-present flag (aiomqtt does not pass it on) and turn on
-        manual acknowledgements, before the connection is made."""
+        """Before the connection is made: record CONNACK's session-present flag (aiomqtt
+        does not pass it on), turn on manual acknowledgements, and deliver messages to the
+        inbox from the first one.  A broker sends the messages it queued for our session
+        right after CONNACK, often in the same read: had they gone to aiomqtt's own queue
+        (which the fast path never reads), they would be lost."""
         paho = _paho(client)
         self._session_present = None
         self._manual_ack = False
         if paho is None:
             return
+        paho.on_message = self._inbox.on_message
         if hasattr(paho, "manual_ack_set"):
             paho.manual_ack_set(True)
             self._manual_ack = True
@@ -223,14 +233,16 @@ class MqttIngest:
 
         paho.on_connect = connected
 
-    def ack(self, packet_ids: Iterable[int], generation: int) -> None:
-        """Acknowledge QoS 1 messages of connection ``generation`` (those of an older
-        connection are redelivered by the broker instead: nothing to do)."""
+    def ack(self, acks: Iterable[int]) -> None:
+        """Acknowledge QoS 1 messages (tagged packet ids, see ``ingest.inbox``).  Those of an
+        older connection are left alone: the broker redelivers them instead."""
         paho = self._paho
-        if paho is None or generation != self.generation or not self._manual_ack:
+        if paho is None or not self._manual_ack:
             return
-        for packet_id in packet_ids:
-            paho.ack(packet_id, 1)
+        for ack in acks:
+            generation, packet_id = untag_ack(ack)
+            if generation == self.generation:
+                paho.ack(packet_id, 1)
 
     async def run(self) -> None:
         where = self._address.display
@@ -242,6 +254,7 @@ class MqttIngest:
                 async with client:
                     made_at = self._clock()
                     self.generation += 1
+                    self._inbox.generation = self.generation
                     self._paho = _paho(client)
                     fast = install_fast_path(client, self._inbox)
                     refused = await self._subscribe(client)
@@ -268,7 +281,7 @@ class MqttIngest:
                         self._inbox.put(
                             str(message.topic),
                             _payload_bytes(message.payload),
-                            ack=message.mid if message.qos else 0,
+                            ack=tag_ack(self.generation, message.mid) if message.qos else 0,
                         )
             except aiomqtt.MqttError as exc:
                 was_connected = self.connected.is_set()
@@ -308,7 +321,9 @@ class MqttIngest:
             )
         self.expect_session = True
 
-    def _after_failure(self, exc: aiomqtt.MqttError, was_connected: bool, made_at: float | None) -> float:
+    def _after_failure(
+        self, exc: aiomqtt.MqttError, was_connected: bool, made_at: float | None
+    ) -> float:
         """Log one line for what went wrong and say how long to wait before trying again."""
         where = self._address.display
         rc = getattr(exc, "rc", None)

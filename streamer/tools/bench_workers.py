@@ -25,15 +25,14 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from streamer.mqtt.codec import frame_packets
-from streamer.tools.feed import FeedUniverse, GbmMarket
-from streamer.tools.mqtt_publisher import (
-    BrokerEndpoint,
-    MqttPublisher,
+from streamer.mqtt.codec import (
     connect_packet,
     encode_remaining_length,
+    frame_packets,
     publish_packet,
 )
+from streamer.tools.feed import FeedUniverse, GbmMarket
+from streamer.tools.mqtt_publisher import BrokerEndpoint, MqttPublisher
 from streamer.tools.pacing import Pacer
 from streamer.tools.tick_encoding import BATCH_TOPIC, PayloadFormat, TickEncoder, topic_for
 from streamer.wire import DECODERS, FxRate, Tick, encode
@@ -297,7 +296,7 @@ def latency_floor_process(
             if b"\x90\x03" in framed.passthrough:  # SUBACK
                 ready.set()
             out = []
-            for _, payload, _ in framed.messages:
+            for _, payload, _, _ in framed.messages:
                 tick = decode(payload)
                 body = b'{"index":"floor","source_ts":%d}' % (tick.ts or time.time_ns())
                 out.append(head + b"$%d\r\n%s\r\n" % (len(body), body))

@@ -15,7 +15,7 @@ from streamer.endpoints import (
     redact_url,
 )
 from streamer.errors import EndpointError
-from streamer.ingest import broker_address
+from streamer.ingest.transport import broker_address
 from streamer.tools.mqtt_publisher import BrokerEndpoint, BrokerError
 
 
