@@ -136,7 +136,8 @@ def _bounds(canonical: str) -> tuple[dt.date, dt.date]:
     has no public way to reach a class without building a calendar over its clock-based
     default range.
     """
-    factory: Any = xcals.calendar_utils.global_calendar_dispatcher._calendar_factories[canonical]
+    dispatcher = xcals.calendar_utils.global_calendar_dispatcher
+    factory: Any = dispatcher._calendar_factories[canonical]  # noqa: SLF001 - see above
     low = dt.date(_FIRST_YEAR, 1, 1)
     high = dt.date(_LAST_YEAR, 12, 31)
     bound_min: Any = factory.bound_min()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from streamer import __version__
-from streamer.errors import ConfigError, StreamerError
+from streamer.errors import ConfigError, StateError, StreamerError
 from streamer.logs import JsonLogFormatter, TextLogFormatter
 
 # name -> module under streamer.commands
@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "watch": "watch",
     "demo": "demo",
     "bench": "bench",
+    "state": "state",
 }
 
 EXIT_OK = 0
@@ -84,6 +85,7 @@ def _short_help(name: str) -> str:
         "watch": "live terminal view of published index levels",
         "demo": "local demo: broker, Redis, feed, service and live view",
         "bench": "benchmarks (kernel, e2e)",
+        "state": "show, export or reset the stored state",
     }[name]
 
 
@@ -98,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = module.main(args)
     except ConfigError as exc:
         print(f"streamer: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StateError as exc:
+        print(f"streamer: state error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except StreamerError as exc:
         print(f"streamer: error: {exc}", file=sys.stderr)

@@ -13,6 +13,11 @@ class EndpointError(StreamerError):
     """A broker, Redis or listen address that cannot be used; says what is wrong, not where."""
 
 
+class StateError(StreamerError):
+    """A stored state that cannot be used with this config; the message says why and how to
+    start afresh."""
+
+
 class InputError(StreamerError):
     """A message that cannot be used (malformed, wrong type); carries a reason code for metrics."""
 

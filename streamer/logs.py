@@ -87,7 +87,7 @@ class ThrottledLog:
         last = self._last.get(key)
         return last is None or self._clock() - last >= self._interval
 
-    def warning(self, key: str, event: str, count: int = 1, **fields: Any) -> None:
+    def warning(self, key: str, event: str, count: int = 1, /, **fields: Any) -> None:
         """Log ``event`` (standing for ``count`` occurrences) unless ``key`` was logged less
         than ``interval_s`` ago; the occurrences skipped are reported with the next line."""
         now = self._clock()

@@ -144,9 +144,7 @@ class Pipeline:
             if ack and action.id in accepted
         }
         step.acks_durable.extend(durable)
-        step.acks_now.extend(
-            {ack for ack in inbound.action_acks if ack and ack not in durable}
-        )
+        step.acks_now.extend({ack for ack in inbound.action_acks if ack and ack not in durable})
 
     def _to_outbox(self, result: BatchResult, receipts: list[int]) -> None:
         if result.changed or result.audit or result.closes:

@@ -1,14 +1,17 @@
 """The live service: one asyncio.TaskGroup owns every loop.
 
+    restore     before anything else: the stored state (or the config, the first time)
     mqtt        broker connection -> RawInbox (reconnects with jittered backoff)
-    ingest      RawInbox -> decode -> TickQueue -> engine.apply -> Outbox, per micro-batch
-    publish     Outbox -> one Redis script call per cycle, pipelined (every change, or a timer)
-    advance     engine.advance(now) so due actions apply without ticks; gauges, metric flush
-    recompute   full recompute of the index sums; exports the largest drift
+    ingest      RawInbox -> Pipeline.step (decode, engine, outbox), per micro-batch
+    publish     Outbox -> one Redis script call per cycle, pipelined, with checkpoints
+    timers      due actions and closes, staleness, gauges, metric flush, full recompute
     http        /metrics, /healthz, /readyz on [metrics].listen
 
-SIGINT/SIGTERM: stop intake, apply what was received, publish every level once, disconnect,
-return within the shutdown deadline.  A second signal abandons the drain.
+SIGINT/SIGTERM: stop intake, apply what was received, publish every level once with a final
+checkpoint, disconnect, return within the shutdown deadline; a second signal abandons the
+drain.  A task that fails ends the process (exit 1, one log line naming it); a watchdog
+thread exits the process if stopping ever takes longer than the deadline, so no loop that
+swallows its cancellation can hang it.
 """
 
 from __future__ import annotations
@@ -18,39 +21,56 @@ import contextlib
 import gc
 import logging
 import math
+import os
 import signal
+import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from streamer.backoff import Backoff
 from streamer.config import RedisSettings, Settings, redact_url
 from streamer.endpoints import parse_listen_address
-from streamer.engine import BatchResult, Engine
-from streamer.errors import StreamerError
-from streamer.ingest import (
-    CONFLATED,
-    MessageRouter,
-    MqttIngest,
-    RawInbox,
-    ThrottledLog,
-    TickQueue,
-)
+from streamer.engine import BatchResult, Engine, SeriesLevel
+from streamer.engine.snapshot import restore
+from streamer.errors import StateError, StreamerError
+from streamer.ingest import CONFLATED, INBOX_FULL, RawInbox
+from streamer.ingest.transport import MqttIngest
+from streamer.logs import ThrottledLog
 from streamer.metrics import Metrics
+from streamer.persistence.checkpoint import (
+    Checkpointer,
+    Checkpoints,
+    InlineCheckpoints,
+    WrittenCheckpoints,
+)
+from streamer.persistence.stores import DirectoryStore, Stored, parse_stored, state_keys
+from streamer.pipeline import Pipeline, Step
 from streamer.publish import Outbox, PublishLoop, RedisPublisher
-from streamer.wire import Tick
+from streamer.sessions import session_rules
 
 log = logging.getLogger("streamer.service")
+input_log = logging.getLogger("streamer.input")
 
 SHUTDOWN_DEADLINE_S = 4.0
+# The watchdog ends the process this long after a stop began, whatever is still running.
+WATCHDOG_GRACE_S = 2.0
 ADVANCE_INTERVAL_S = 0.1
 GAUGE_REFRESH_S = 1.0
+# At most this many raw messages are decoded per step, so one step never holds the loop long.
+STEP_MESSAGES = 50_000
 # Feed delay is a distribution: past this many ticks per batch it is estimated from a sample.
 FEED_DELAY_SAMPLE = 64
+# Seq resets are logged one line per symbol, up to this many per step.
+MAX_RESET_LINES = 20
+EXIT_FAILED = 1
 
 
 def redis_client(settings: RedisSettings) -> aioredis.Redis:
@@ -67,8 +87,12 @@ def redis_client(settings: RedisSettings) -> aioredis.Redis:
     return client
 
 
+class ServiceFailedError(StreamerError):
+    """A task of the service failed; the message names it."""
+
+
 class Service:
-    """Wires ingestion, the engine, publishing and metrics for one config."""
+    """Wires ingestion, the engine, publishing, checkpoints and metrics for one config."""
 
     def __init__(
         self,
@@ -77,37 +101,194 @@ class Service:
         registry: CollectorRegistry | None = None,
         clock: Callable[[], int] = time.time_ns,
         handle_signals: bool = True,
+        reset_indices: Iterable[str] = (),
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.handle_signals = handle_signals
+        self.reset_indices = frozenset(reset_indices)
         self.metrics = Metrics(registry)
-        self.metrics.queue_depth.set_function(lambda: len(self.queue) + len(self.inbox))
-        self.engine = Engine(settings.indices, settings.quality, clock=clock)
+        self.sessions = session_rules(settings)
+        self.engine = self._engine()  # from the config; replaced by a restored one in run()
         self.inbox = RawInbox(settings.mqtt.max_payload_bytes, clock)
-        self._bad_input = ThrottledLog(logging.getLogger("streamer.input"))
-        self.router = MessageRouter(self._bad_input)
-        self.queue = TickQueue(settings.ingest.queue_max)
+        self._bad_input = ThrottledLog(input_log)
         self.outbox = Outbox()
-        self.mqtt = MqttIngest(settings.mqtt, self.inbox, self.metrics)
         self.redis = redis_client(settings.redis)
         self.publisher = RedisPublisher(
             self.redis, settings.redis.prefix, settings.redis.history_maxlen, clock
         )
-        self.publish_loop = PublishLoop(
-            self.publisher,
-            self.engine.levels,
-            self.outbox,
-            self.metrics,
-            interval_ms=settings.publish.interval_ms,
-            clock=clock,
-        )
-        self.batch_max = settings.ingest.batch_max
-        self.ticks_applied = 0
+        state = settings.state
+        self.directory = DirectoryStore(state.directory) if state.store == "directory" else None
+        self.restored = False
+        self.restoring = True
+        self.pipeline = self._pipeline(0)
+        self.checkpoints: Checkpoints = Checkpoints()
+        self.checkpointer: Checkpointer | None = None
+        self.mqtt = MqttIngest(settings.mqtt, self.inbox, self.metrics)
+        self.publish_loop = self._publish_loop()
+        self.metrics.queue_depth.set_function(lambda: len(self.pipeline) + len(self.inbox))
         self._stop: asyncio.Event | None = None
         self._abandon = False
+        self._failure: BaseException | None = None
+        self._watchdog: threading.Timer | None = None
+        self._newest_applied = 0  # ts of the newest tick applied (for the ingest lag)
         self.http_port: int | None = None
         self.started = asyncio.Event()
+
+    # ------------------------------------------------------------------ construction
+
+    def _engine(self, **restored: Any) -> Engine:
+        s = self.settings
+        wall = s.session.clock == "wall"
+        return Engine(
+            s.indices,
+            s.quality,
+            sessions=self.sessions,
+            start_ns=self.clock() if wall else 0,
+            max_pending=s.control.max_pending,
+            id_retention_ns=int(s.control.id_retention_days * 86_400e9),
+            **restored,
+        )
+
+    def _pipeline(self, market_now: int) -> Pipeline:
+        ingest = self.settings.ingest
+        return Pipeline(
+            self.engine,
+            self.outbox,
+            queue_max=ingest.queue_max,
+            batch_max=ingest.batch_max,
+            clock=self.settings.session.clock,
+            bad_input_log=self._bad_input,
+            market_now=market_now,
+        )
+
+    def _publish_loop(self) -> PublishLoop:
+        return PublishLoop(
+            self.publisher,
+            self._levels,
+            self.outbox,
+            self.metrics,
+            interval_ms=self.settings.publish.interval_ms,
+            clock=self.clock,
+            checkpoints=self.checkpoints,
+            on_durable=self.mqtt_ack,
+        )
+
+    def _levels(self, series: Iterable[str] | None) -> list[SeriesLevel]:
+        return self.engine.levels(series, now=self.market_time())
+
+    def market_time(self) -> int:
+        """The market clock: the wall clock, or (data clock) the newest data."""
+        if self.settings.session.clock == "wall":
+            return self.clock()
+        return self.pipeline.market_now
+
+    def mqtt_ack(self, acks: list[int]) -> None:
+        if acks:
+            self.mqtt.ack(acks)
+
+    # ------------------------------------------------------------------ restore
+
+    async def _restore(self) -> None:
+        """Continue from the stored state, reconciled with the config (see engine.snapshot);
+        the first time, or with no store, start from the config."""
+        state = self.settings.state
+        if state.store == "none":
+            log.warning(
+                "no state store ([state] store = none): a restart starts again from the config"
+            )
+        else:
+            stored = await self._read_stored()
+            if stored is None:
+                log.info("no stored state: starting from the config")
+            else:
+                self._continue_from(stored)
+        self._wire()
+        self.restoring = False
+
+    def _continue_from(self, stored: Stored) -> None:
+        s = self.settings
+        wall = s.session.clock == "wall"
+        start = self.clock() if wall else (stored.meta.market_now if stored.meta else 0)
+        state, report = restore(
+            stored.snapshot,
+            s.indices,
+            sessions=self.sessions,
+            reset=self.reset_indices,
+            start_ns=start,
+        )
+        self.engine = self._engine(state=state)
+        if not wall:
+            self.engine.now = start
+        self.pipeline = self._pipeline(start if not wall else 0)
+        self.restored = True
+        meta = stored.meta
+        log.info(
+            "state restored",
+            extra={
+                "fields": {
+                    "indices_kept": len(report.kept),
+                    "indices_new": len(report.fresh),
+                    "indices_reset": ",".join(report.reset),
+                    "indices_dropped": len(report.dropped),
+                    "pending_actions": self.engine.pending_actions,
+                    "bytes": stored.size_bytes,
+                    "age_s": round((self.clock() - meta.taken_ns) / 1e9, 1) if meta else None,
+                }
+            },
+        )
+        for index_id in report.dropped:
+            log.warning(
+                "index dropped: it is in the stored state but no longer in the config",
+                extra={"fields": {"index": index_id}},
+            )
+
+    async def _read_stored(self) -> Stored | None:
+        if self.directory is not None:
+            return await asyncio.to_thread(self.directory.read)
+        backoff = Backoff(base_s=0.1, cap_s=5.0)
+        keys = state_keys(self.settings.redis.prefix)
+        waiting_since: float | None = None
+        while True:
+            try:
+                structure, market, meta, _ = [
+                    value if isinstance(value, bytes | None) else str(value).encode()
+                    for value in await self.redis.mget(keys)
+                ]
+                return parse_stored(structure, market, meta)
+            except (RedisError, OSError) as exc:
+                _reraise_if_cancelled()
+                self.metrics.redis_errors.inc()
+                now = time.monotonic()
+                if waiting_since is None or now - waiting_since > 60:
+                    waiting_since = now
+                    log.warning(
+                        "waiting for redis to read the stored state (nothing is computed "
+                        "before it is read, so no corporate action is ever undone)",
+                        extra={"fields": {"error": str(exc)[:200]}},
+                    )
+                await asyncio.sleep(backoff.next())
+
+    def _wire(self) -> None:
+        """Checkpoints, the publish loop and the broker connection for the engine in use."""
+        s = self.settings
+        if s.state.store != "none":
+            self.checkpointer = Checkpointer(
+                self.engine.state, s.indices, int(s.state.checkpoint_interval_s * 1e9)
+            )
+            if self.directory is not None:
+                self.checkpoints = WrittenCheckpoints(
+                    self.checkpointer,
+                    lambda: self.pipeline.market_now,
+                    self.directory.write,
+                    self.clock,
+                )
+            else:
+                self.checkpoints = InlineCheckpoints(
+                    self.checkpointer, lambda: self.pipeline.market_now, self.clock
+                )
+        self.publish_loop = self._publish_loop()
+        self.mqtt.expect_session = self.restored
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -118,6 +299,39 @@ class Service:
         if self._stop.is_set():
             self._abandon = True
         self._stop.set()
+        self._arm_watchdog(EXIT_FAILED if self._failure else 0)
+
+    def _arm_watchdog(self, code: int) -> None:
+        """Exit the process if stopping takes longer than the deadline (a loop that swallowed
+        its cancellation, a blocked library call): a service that will not stop is worse
+        than one that stops abruptly, and the checkpoints make that safe."""
+        if self._watchdog is not None or not self.handle_signals:
+            return
+
+        def expire() -> None:
+            log.error(
+                "shutdown overran its deadline: exiting now",
+                extra={"fields": {"deadline_s": SHUTDOWN_DEADLINE_S}},
+            )
+            logging.shutdown()
+            os._exit(code)
+
+        self._watchdog = threading.Timer(SHUTDOWN_DEADLINE_S + WATCHDOG_GRACE_S, expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def _watch(self, task: asyncio.Task[None]) -> None:
+        """A loop ended on its own: that is a failure (they run forever); stop everything."""
+        if task.cancelled() or self._stop is None or self._stop.is_set():
+            return
+        error = task.exception()
+        self._failure = error or ServiceFailedError(f"task {task.get_name()} ended")
+        log.error(
+            "service task failed: stopping",
+            extra={"fields": {"task": task.get_name(), "error": repr(self._failure)[:300]}},
+            exc_info=(type(error), error, error.__traceback__) if error else None,
+        )
+        self.stop()
 
     async def run(self) -> None:
         self._stop = asyncio.Event()
@@ -127,25 +341,40 @@ class Service:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop)
         settings = self.settings
-        log.info(
-            "service started",
-            extra={
-                "fields": {
-                    "indices": len(settings.indices),
-                    "series": len(self.engine.series_ids),
-                    "mqtt": redact_url(settings.mqtt.url),
-                    "redis": redact_url(settings.redis.url),
-                    "metrics": f"{settings.metrics.listen.rsplit(':', 1)[0]}:{self.http_port}",
-                    "interval_ms": settings.publish.interval_ms,
-                }
-            },
-        )
         try:
+            restoring = asyncio.create_task(self._restore(), name="restore")
+            stop_wait = asyncio.create_task(self._stop.wait(), name="stop-wait")
+            await asyncio.wait([restoring, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            if not restoring.done():  # stopped while waiting for the store
+                restoring.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await restoring
+                return
+            stop_wait.cancel()
+            restoring.result()  # a StateError stops the start here
+            log.info(
+                "service started",
+                extra={
+                    "fields": {
+                        "indices": len(settings.indices),
+                        "series": len(self.engine.series_ids),
+                        "mqtt": redact_url(settings.mqtt.url),
+                        "redis": redact_url(settings.redis.url),
+                        "metrics": f"{parse_listen_address(settings.metrics.listen).host}:"
+                        f"{self.http_port}",
+                        "interval_ms": settings.publish.interval_ms,
+                        "calendar": settings.session.calendar,
+                        "state": settings.state.store,
+                    }
+                },
+            )
             async with asyncio.TaskGroup() as group:
                 tasks = {
                     name: group.create_task(coro, name=name)
                     for name, coro in self._loops(server).items()
                 }
+                for task in tasks.values():
+                    task.add_done_callback(self._watch)
                 self.started.set()
                 await self._stop.wait()
                 await self._shutdown(tasks)
@@ -157,15 +386,18 @@ class Service:
             with contextlib.suppress(Exception):
                 await self.publisher.close()
                 await self.redis.aclose()
-        log.info("service stopped", extra={"fields": {"ticks_applied": self.ticks_applied}})
+        if self._failure is not None:
+            raise ServiceFailedError(f"a service task failed: {self._failure!r}"[:300])
+        log.info(
+            "service stopped", extra={"fields": {"ticks_applied": self.pipeline.ticks_applied}}
+        )
 
     def _loops(self, server: asyncio.Server) -> dict[str, Coroutine[Any, Any, None]]:
         return {
             "mqtt": self.mqtt.run(),
             "ingest": self._ingest_loop(),
             "publish": self.publish_loop.run(),
-            "advance": self._advance_loop(),
-            "recompute": self._recompute_loop(),
+            "timers": self._timer_loop(),
             "http": server.serve_forever(),
         }
 
@@ -173,32 +405,37 @@ class Service:
         deadline = asyncio.get_running_loop().time() + SHUTDOWN_DEADLINE_S
         log.info("service stopping")
 
+        def remaining() -> float:
+            return deadline - asyncio.get_running_loop().time()
+
         async def finish(name: str, budget: float) -> None:
             task = tasks[name]
             task.cancel()
-            remaining = min(budget, deadline - asyncio.get_running_loop().time())
-            await asyncio.wait([task], timeout=max(remaining, 0.01))
+            await asyncio.wait([task], timeout=max(min(budget, remaining()), 0.01))
 
         await finish("mqtt", 1.5)  # stop intake: unsubscribe and disconnect cleanly
         await finish("ingest", 0.5)
-        if not self._abandon:
-            while len(self.inbox) or len(self.queue):
+        await finish("timers", 0.2)
+        if not self._abandon and self._failure is None:
+            while (len(self.inbox) or len(self.pipeline)) and remaining() > 1.0:
                 self.step()
         await finish("publish", 0.5)
-        if not self._abandon:
-            remaining = deadline - asyncio.get_running_loop().time()
+        if not self._abandon and self._failure is None:
             try:
-                async with asyncio.timeout(max(remaining, 0.1)):
+                async with asyncio.timeout(max(remaining(), 0.1)):
                     if not self.publish_loop.connected:
                         await self.redis.ping()
                     # Final figures from exact sums: they do not depend on batching.
-                    self.engine.recompute()
-                    published = await self.publish_loop.cycle(everything=True)
+                    self.pipeline.recompute()
+                    self._handle(self.pipeline.advance(self.clock()))
+                    published = await self.publish_loop.cycle(
+                        everything=True, force_checkpoint=True
+                    )
             except Exception as exc:  # the shutdown goes on whatever failed
                 published = False
                 log.warning("final publish failed", extra={"fields": {"error": str(exc)}})
             if published:
-                log.info("final levels published")
+                log.info("final levels and checkpoint written")
         for task in tasks.values():
             task.cancel()
 
@@ -206,59 +443,82 @@ class Service:
 
     async def _ingest_loop(self) -> None:
         while True:
-            if len(self.queue):
+            if len(self.pipeline) or len(self.inbox) > STEP_MESSAGES:
                 await asyncio.sleep(0)  # let the reader and the publisher in between batches
             else:
                 await self.inbox.wait()
             self.step()
 
-    def step(self) -> BatchResult | None:
-        """One micro-batch: everything received so far (ticks up to ``batch_max``)."""
-        raw = self.inbox.take()
-        inbound = self.router.decode(raw)
-        rejected = inbound.rejected
+    def step(self) -> Step:
+        """One micro-batch: what was received so far (ticks up to ``batch_max``)."""
+        raw = self.inbox.take(STEP_MESSAGES)
+        step = self.pipeline.step(raw, self.clock())
+        rejected = step.rejected
         rejected.update(self.inbox.take_rejected())
-        if inbound.ticks:
-            self.queue.extend(inbound.ticks, inbound.tick_receipts)
-        ticks, receipts = self.queue.take(self.batch_max)
-        conflated = self.queue.take_conflated()
-        if conflated:
-            self.metrics.count_outcomes({(CONFLATED, "queue_full"): conflated})
+        dropped = self.inbox.take_dropped()
+        self._ack_now(step.acks_now + self.inbox.take_refused_acks())
+        if step.acks_durable:
+            if self.checkpoints.enabled:
+                self.outbox.await_durable(step.acks_durable)
+            else:
+                self.mqtt_ack(step.acks_durable)
+        outcomes: Counter[tuple[str, str]] = Counter(
+            {("rejected", r): n for r, n in rejected.items()}
+        )
+        if step.conflated:
+            outcomes[CONFLATED, "queue_full"] += step.conflated
+        if dropped:
+            outcomes[CONFLATED, INBOX_FULL] += dropped
+            self._bad_input.warning(
+                INBOX_FULL, "inbox over its memory bound: oldest ticks dropped", dropped
+            )
+        if step.conflated:
             self._bad_input.warning(
                 CONFLATED,
                 "tick queue full, conflated to the latest price per symbol",
-                dropped=conflated,
+                step.conflated,
             )
-        if rejected:
-            self.metrics.count_outcomes({("rejected", r): n for r, n in rejected.items()})
-        if not (ticks or inbound.fx or inbound.actions or inbound.references):
-            return None
-        # Receipts are in arrival order: the last is the newest.
-        received_ns = receipts[-1] if receipts else (inbound.newest_receipt_ns or self.clock())
-        result = self.engine.apply(
-            ticks=ticks,
-            fx=inbound.fx,
-            actions=inbound.actions,
-            references=inbound.references,
-            received_ns=received_ns,
-        )
-        if ticks:
-            self.ticks_applied += len(ticks)
-            self.metrics.batch_size_samples.add([len(ticks)])
-            self._observe_feed_delay(ticks, receipts)
-        self._handle_result(result, receipts)
-        return result
+        if outcomes:
+            self.metrics.count_outcomes(outcomes)
+        if step.result is not None:
+            if step.ticks:
+                self.metrics.batch_size_samples.add([len(step.ticks)])
+                self._observe_feed_delay(step)
+            self._handle(step.result, step)
+        return step
 
-    def _handle_result(self, result: BatchResult, receipts: list[int]) -> None:
-        self.metrics.count_outcomes(result.outcomes)
+    def _ack_now(self, acks: list[int]) -> None:
+        if acks:
+            self.mqtt.ack(acks)
+
+    def _handle(self, result: BatchResult, step: Step | None = None) -> None:
+        """Metrics and logs of one engine result (the outbox was filled by the pipeline)."""
+        metrics = self.metrics
+        metrics.count_outcomes(result.outcomes)
+        if result.newest_ts > self._newest_applied:
+            self._newest_applied = result.newest_ts
+        for (outcome, reason), count in result.outcomes.items():
+            if outcome != "accepted" and count:
+                self._log_ticks(outcome, reason, count, step)
         for series, bps in result.deviations.items():
-            self.metrics.reference_deviation_bps.labels(series).set(bps)
-        for action_id, reason in result.rejected_actions:
-            level = logging.INFO if reason == "duplicate" else logging.WARNING
-            log.log(
-                level, "action not applied", extra={"fields": {"id": action_id, "reason": reason}}
+            metrics.reference_deviation_bps.labels(series).set(bps)
+        self._count(metrics.references, "accepted", "ok", len(result.deviations))
+        for series, reason in result.rejected_references:
+            self._count(metrics.references, "rejected", reason)
+            self._bad_input.warning(
+                f"reference:{reason}", "reference level dropped", series=series, reason=reason
             )
+        self._count(metrics.actions, "accepted", "ok", len(result.accepted_actions))
+        for action_id, reason in result.rejected_actions:
+            self._count(metrics.actions, "rejected", reason)
+            self._bad_input.warning(
+                f"action:{reason}", "action not applied", id=action_id, reason=reason
+            )
+        applied = set()
         for record in result.audit:
+            if record.action_id not in applied:
+                applied.add(record.action_id)
+                self._count(metrics.actions, "applied", record.action)
             log.info(
                 "action applied",
                 extra={
@@ -272,10 +532,53 @@ class Service:
                     }
                 },
             )
-        if result.changed or result.audit:
-            self.outbox.add(result.changed, result.audit, receipts if result.changed else ())
+        if result.seq_resets:
+            metrics.seq_resets.inc(len(result.seq_resets))
+            for symbol in result.seq_resets[:MAX_RESET_LINES]:
+                input_log.warning(
+                    "producer restarted its seq: accepted after a gap",
+                    extra={"fields": {"symbol": symbol}},
+                )
+            if len(result.seq_resets) > MAX_RESET_LINES:
+                input_log.warning(
+                    "producer restarted its seq: more symbols",
+                    extra={"fields": {"count": len(result.seq_resets) - MAX_RESET_LINES}},
+                )
+        if result.closes:
+            sessions = sorted({c.session for c in result.closes})
+            for close in result.closes:
+                metrics.last_close.labels(close.series).set(close.close_ns / 1e9)
+            log.info(
+                "official close taken",
+                extra={"fields": {"sessions": ",".join(sessions), "series": len(result.closes)}},
+            )
 
-    def _observe_feed_delay(self, ticks: list[Tick], receipts: list[int]) -> None:
+    @staticmethod
+    def _count(counter: Any, outcome: str, reason: str, n: int = 1) -> None:
+        if n:
+            counter.labels(outcome, reason).inc(n)
+
+    def _log_ticks(self, outcome: str, reason: str, count: int, step: Step | None) -> None:
+        key = f"{outcome}:{reason}"
+        if not self._bad_input.allows(key):
+            self._bad_input.warning(key, "ticks not accepted", count)
+            return
+        example = None
+        if reason == "unknown_symbol" and step is not None:
+            ids = self.engine.book.ids
+            example = next((t.symbol for t in step.ticks if ids[t.symbol] < 0), None)
+        self._bad_input.warning(
+            key,
+            "ticks not accepted",
+            count,
+            outcome=outcome,
+            reason=reason,
+            count=count,
+            **({"example": example} if example else {}),
+        )
+
+    def _observe_feed_delay(self, step: Step) -> None:
+        ticks, receipts = step.ticks, step.receipts
         stride = max(1, len(ticks) // FEED_DELAY_SAMPLE)
         delays = [
             (r - t.ts) / 1e9
@@ -286,52 +589,65 @@ class Service:
 
     # ------------------------------------------------------------------ timers
 
-    async def _advance_loop(self) -> None:
-        next_gauges = 0.0
+    async def _timer_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        next_gauges = 0.0
+        next_recompute = loop.time() + self.settings.ingest.recompute_interval_s
         while True:
             await asyncio.sleep(ADVANCE_INTERVAL_S)
-            if self.engine.pending_actions:
-                self._handle_result(self.engine.advance(self.clock()), [])
-            if loop.time() >= next_gauges:
-                next_gauges = loop.time() + GAUGE_REFRESH_S
+            now = loop.time()
+            if now >= next_recompute:
+                next_recompute = now + self.settings.ingest.recompute_interval_s
+                drift = self.pipeline.recompute()
+                self.metrics.sum_drift_ratio.set(self.engine.max_drift)
+                if drift > 1e-9:
+                    log.warning("index sums drifted", extra={"fields": {"drift_ratio": drift}})
+            # Due actions and closes, and series whose staleness moved (a dead feed shows).
+            self._handle(self.pipeline.advance(self.clock()))
+            if now >= next_gauges:
+                next_gauges = now + GAUGE_REFRESH_S
                 self._refresh_gauges()
                 self.metrics.flush()
 
     def _refresh_gauges(self) -> None:
         # On a timer rather than per publish cycle: Prometheus scrapes every few seconds, and
         # staleness grows without ticks (when nothing is published).
+        metrics = self.metrics
         for series, published in self.publish_loop.last_published.items():
             if math.isfinite(published):
-                self.metrics.index_level.labels(series).set(published)
-        for level in self.engine.levels():
-            self.metrics.stale_constituents.labels(level.series).set(level.stale)
-            self.metrics.constituents.labels(level.series).set(level.constituents)
+                metrics.index_level.labels(series).set(published)
+        for level in self.engine.levels(now=self.market_time()):
+            metrics.stale_constituents.labels(level.series).set(level.stale)
+            metrics.constituents.labels(level.series).set(level.constituents)
         for series in self.engine.series_ids:
             bps = self.engine.deviation_bps(series)
             if bps is not None:
-                self.metrics.reference_deviation_bps.labels(series).set(bps)
-
-    async def _recompute_loop(self) -> None:
-        interval = self.settings.ingest.recompute_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            drift = self.engine.recompute()
-            self.metrics.sum_drift_ratio.set(self.engine.max_drift)
-            # Publish the exact levels of the series the recompute corrected.
-            self._handle_result(self.engine.advance(self.clock()), [])
-            if drift > 1e-9:
-                log.warning("index sums drifted", extra={"fields": {"drift_ratio": drift}})
+                metrics.reference_deviation_bps.labels(series).set(bps)
+        wall = self.clock()
+        if self.settings.session.clock == "wall" and self._newest_applied:
+            metrics.ingest_lag.set(max(0.0, (wall - self._newest_applied) / 1e9))
+        if self.checkpointer is not None and self.checkpointer.last_taken_ns:
+            metrics.checkpoint_age.set((wall - self.checkpointer.last_taken_ns) / 1e9)
+            metrics.checkpoint_bytes.set(self.checkpointer.last_bytes)
 
     # ------------------------------------------------------------------ http
 
     def readiness(self) -> list[str]:
         """Why the service is not ready (empty when it is)."""
         problems = []
+        if self.restoring:
+            problems.append("restoring the stored state")
         if not self.mqtt.connected.is_set():
-            problems.append("broker not connected")
-        if not self.publish_loop.connected:
-            problems.append("redis not connected")
+            problems.append(self.mqtt.problem or "broker not connected")
+        elif self.mqtt.problem:
+            problems.append(self.mqtt.problem)
+        if self.publish_loop.problem:
+            problems.append(self.publish_loop.problem)
+        checkpointer = self.checkpointer
+        if checkpointer is not None and checkpointer.last_taken_ns:
+            age = (self.clock() - checkpointer.last_taken_ns) / 1e9
+            if age > 3 * self.settings.state.checkpoint_interval_s + 5:
+                problems.append(f"last checkpoint {age:.0f} s ago")
         missing = [s for s in self.engine.series_ids if self.engine.level_of(s) is None]
         if missing:
             problems.append("no level yet: " + ",".join(missing[:10]))
@@ -388,7 +704,14 @@ class Service:
         return "404 Not Found", text, b"not found\n"
 
 
-def run_service(settings: Settings) -> int:
+def _reraise_if_cancelled() -> None:
+    """See ``publish._reraise_if_cancelled``: a cancellation that came out as an OSError."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def run_service(settings: Settings, reset_indices: Iterable[str] = ()) -> int:
     """Run until SIGINT/SIGTERM on uvloop where available; returns the exit code."""
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
@@ -399,7 +722,7 @@ def run_service(settings: Settings) -> int:
         pass
 
     async def main() -> None:
-        service = Service(settings)
+        service = Service(settings, reset_indices=reset_indices)
         # The universe, the engine's arrays and the imported modules live as long as the
         # process: out of the collector's way, a collection only walks what is young.
         gc.collect()
@@ -409,6 +732,8 @@ def run_service(settings: Settings) -> int:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
             runner.run(main())
+        except* StateError as group:
+            raise group.exceptions[0] from None
         except* StreamerError as group:
             raise group.exceptions[0] from None
     return 0

@@ -23,9 +23,7 @@ Nanos = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 # Identities that reach logs, Redis keys and JSON: bounded and free of control characters,
 # so no message can forge a log line or break the live channel's JSON.
-Symbol = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x20\x7f]+$")
-]
+Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x20\x7f]+$")]
 # A tick's symbol is only looked up (an unknown one is rejected by name): a length bound is
 # enough, and a pattern per tick would cost a regex search on the hot path.
 TickSymbol = Annotated[str, msgspec.Meta(max_length=64)]

@@ -144,8 +144,7 @@ class Engine:
         self.weightings: list[Weighting] = [WEIGHTINGS[d.method] for d in self.definitions]
         self.currencies = [d.currency for d in self.definitions]
         self.calendar_of = [
-            (d.calendar or sessions.default_calendar) if sessions else ""
-            for d in self.definitions
+            (d.calendar or sessions.default_calendar) if sessions else "" for d in self.definitions
         ]
         self.calendars = list(dict.fromkeys(self.calendar_of)) if sessions else []
         self._calendar_code = np.array(

@@ -39,16 +39,12 @@ from streamer.engine.schedule import Agenda, Cursor, SessionRules
 from streamer.engine.state import EngineState
 from streamer.engine.universe import MARKET_COLUMNS, MEMBER_COLUMNS, Universe
 from streamer.engine.weighting import WEIGHTINGS
-from streamer.errors import StreamerError
+from streamer.errors import StateError
 from streamer.wire import Action
 
 FORMAT_VERSION = 1
 
 _FLOAT_MEMBER_COLUMNS = ("shares", "iwf", "awf", "withholding", "q")
-
-
-class StateError(StreamerError):
-    """A stored state that cannot be used with this config (one line saying why)."""
 
 
 class IndexRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

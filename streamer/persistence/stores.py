@@ -19,7 +19,8 @@ from pathlib import Path
 
 import msgspec
 
-from streamer.engine.snapshot import Snapshot, StateError, decode_parts
+from streamer.engine.snapshot import Snapshot, decode_parts
+from streamer.errors import StateError
 from streamer.persistence.checkpoint import Blobs, Meta, decode_meta
 
 STATE_PARTS = ("structure", "market", "meta", "revision")

@@ -8,16 +8,10 @@ import random
 import msgspec
 import pytest
 
+from streamer.backoff import Backoff
 from streamer.config import MqttSettings
-from streamer.ingest import (
-    Backoff,
-    Inbound,
-    MessageRouter,
-    MqttIngest,
-    RawInbox,
-    TickQueue,
-    broker_address,
-)
+from streamer.ingest import Inbound, MessageRouter, RawInbox, TickQueue
+from streamer.ingest.transport import MqttIngest, broker_address
 from streamer.localservices import LocalMosquitto
 from streamer.metrics import Metrics
 from streamer.wire import Split, Tick
@@ -113,7 +107,7 @@ async def test_reconnects_and_resubscribes_after_the_broker_restarts(
         feed.send("ticks/AAA", b'{"symbol":"AAA","price":1.5}')
         feed.close()
         await eventually(lambda: len(inbox) == 1)
-        assert metrics.mqtt_reconnects._value.get() == 1
+        assert metrics.registry.get_sample_value("streamer_mqtt_reconnects_total") == 1
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -123,19 +117,20 @@ def test_router_decodes_bursts_and_counts_what_it_drops() -> None:
     router = MessageRouter()
     now = 1_000
     raw = [
-        ("ticks/A", b'{"symbol":"A","price":1.0}', now),
-        ("ticks/B", b'{"symbol":"B","price":2.0,"seq":3}', now + 1),
-        ("ticks/batch", msgspec.msgpack.encode([{"symbol": "C", "price": 3.0}] * 3), now + 2),
-        ("fx/EURUSD", b'{"pair":"EURUSD","rate":1.08}', now + 3),
-        ("reference/X", b'{"index":"X","level":100.0}', now + 4),
-        ("control/s", b'{"action":"split","symbol":"A","ratio":2.0,"id":"s1"}', now + 5),
-        ("weather/today", b"{}", now + 6),
+        ("ticks/A", b'{"symbol":"A","price":1.0}', now, 0),
+        ("ticks/B", b'{"symbol":"B","price":2.0,"seq":3}', now + 1, 0),
+        ("ticks/batch", msgspec.msgpack.encode([{"symbol": "C", "price": 3.0}] * 3), now + 2, 0),
+        ("fx/EURUSD", b'{"pair":"EURUSD","rate":1.08}', now + 3, 0),
+        ("reference/X", b'{"index":"X","level":100.0}', now + 4, 0),
+        ("control/s", b'{"action":"split","symbol":"A","ratio":2.0,"id":"s1"}', now + 5, 0),
+        ("weather/today", b"{}", now + 6, 0),
     ]
     out = router.decode(raw)
     assert [t.symbol for t in out.ticks] == ["A", "B", "C", "C", "C"]
     assert out.tick_receipts == [now, now + 1, now + 2, now + 2, now + 2]
     assert out.fx[0].rate == 1.08 and out.references[0].level == 100.0
-    assert out.actions == [Split(id="s1", symbol="A", ratio=2.0)]
+    # An action without an effective time takes effect at its receipt.
+    assert out.actions == [Split(id="s1", symbol="A", ratio=2.0, effective=now + 5)]
     assert out.rejected == {"unknown_topic": 1}
     assert out.newest_receipt_ns == now + 6
 
@@ -151,8 +146,8 @@ def test_router_decodes_bursts_and_counts_what_it_drops() -> None:
 )
 def test_one_bad_single_tick_payload_costs_only_itself(bad: bytes) -> None:
     router = MessageRouter()
-    good = [(f"ticks/{i}", b'{"symbol":"S%d","price":%d.0}' % (i, i + 1), i) for i in range(5)]
-    out = router.decode([*good[:2], ("ticks/bad", bad, 99), *good[2:]])
+    good = [(f"ticks/{i}", b'{"symbol":"S%d","price":%d.0}' % (i, i + 1), i, 0) for i in range(5)]
+    out = router.decode([*good[:2], ("ticks/bad", bad, 99, 0), *good[2:]])
     assert [t.symbol for t in out.ticks] == ["S0", "S1", "S2", "S3", "S4"]
     assert out.tick_receipts == [0, 1, 2, 3, 4]
     assert out.rejected["malformed"] >= 1
@@ -160,7 +155,7 @@ def test_one_bad_single_tick_payload_costs_only_itself(bad: bytes) -> None:
 
 def test_batch_with_one_bad_element_keeps_the_good_ones() -> None:
     payload = b'[{"symbol":"A","price":1.0},{"symbol":"B"},{"symbol":"C","price":3.0}]'
-    out: Inbound = MessageRouter().decode([("ticks/x", payload, 7)])
+    out: Inbound = MessageRouter().decode([("ticks/x", payload, 7, 0)])
     assert [t.symbol for t in out.ticks] == ["A", "C"]
     assert out.rejected == {"malformed": 1}
 

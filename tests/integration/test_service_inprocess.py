@@ -102,7 +102,7 @@ async def test_interval_publishing_due_actions_and_a_draining_stop(
     # Ticks received just before stop() are applied and published by the final cycle.
     feed.tick("AAA", 101.0)
     feed.close()
-    await eventually(lambda: len(service.inbox) or service.ticks_applied >= 5)
+    await eventually(lambda: len(service.inbox) or service.pipeline.ticks_applied >= 5)
     service.stop()
     async with asyncio.timeout(5):
         await task

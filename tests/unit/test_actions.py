@@ -52,13 +52,11 @@ def act(engine: Engine, *actions: Action, seconds: float = 1.0) -> list[AuditRec
     """Apply actions effective now; every one must be accepted."""
     result = engine.apply(actions=list(actions), now=at(seconds))
     assert not result.rejected_actions
-    return result.audit
+    return list(result.audit)
 
 
 def tick(engine: Engine, symbol: str, price: float, seconds: float) -> None:
-    result = engine.apply(
-        ticks=[Tick(symbol=symbol, price=price, ts=at(seconds))], now=at(seconds)
-    )
+    result = engine.apply(ticks=[Tick(symbol=symbol, price=price, ts=at(seconds))], now=at(seconds))
     assert result.outcomes == {("accepted", "ok"): 1}
 
 
@@ -440,9 +438,7 @@ def test_a_future_action_waits_for_its_effective_time() -> None:
 def test_an_action_without_effective_time_applies_at_receipt() -> None:
     engine = engine_of(px3())
 
-    [record] = engine.apply(
-        actions=[Split(id="split-a", symbol="A", ratio=2.0)], now=at(3)
-    ).audit
+    [record] = engine.apply(actions=[Split(id="split-a", symbol="A", ratio=2.0)], now=at(3)).audit
 
     assert record.effective == at(3)
 
@@ -604,9 +600,7 @@ def test_an_invalid_action_is_rejected_and_changes_nothing(action: Action, reaso
 def test_deleting_the_last_member_is_rejected() -> None:
     engine = engine_of(index("ONE", "price", member("A", 10.0), divisor=1.0))
 
-    result = engine.apply(
-        actions=[DeleteConstituent(id="x", index="ONE", symbol="A")], now=at(1)
-    )
+    result = engine.apply(actions=[DeleteConstituent(id="x", index="ONE", symbol="A")], now=at(1))
 
     assert result.rejected_actions == [("x", "empty_index")]
     assert level(engine, "ONE") == 10.0

@@ -268,9 +268,7 @@ def test_an_fx_move_changes_the_level_but_not_the_divisor() -> None:
         now=T0,
     )
 
-    result = engine.apply(
-        fx=[FxRate(pair="EURUSD", rate=1.2, ts=T0 + SECOND)], now=T0 + SECOND
-    )
+    result = engine.apply(fx=[FxRate(pair="EURUSD", rate=1.2, ts=T0 + SECOND)], now=T0 + SECOND)
 
     s1 = 100 * 1000 + 50 * 1.2 * 1000 + 20 * 1.25 * 2000  # 210,000
     assert result.changed == ["GLOBAL"]

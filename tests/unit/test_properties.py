@@ -232,7 +232,8 @@ def _run(
 
 
 def _assert_incremental_equals_full(engine: Engine) -> None:
-    exact, missing = kernels.full_sums(engine.universe.members, engine.universe.book.price, engine.n_indices)
+    universe = engine.universe
+    exact, missing = kernels.full_sums(universe.members, universe.book.price, engine.n_indices)
     np.testing.assert_array_equal(engine.missing, missing)
     np.testing.assert_allclose(engine.sums, exact, rtol=REL, atol=1e-6)
     # Independently of the kernels: a plain Python sum over the current membership.
@@ -339,8 +340,12 @@ def test_one_batch_equals_message_by_message(messages: list[Any]) -> None:
 
     one_by_one = Engine(_universe(), QualitySettings(max_move_pct=30.0))
     for m in messages:
-        kind = "actions" if hasattr(m, "effective") else "fx" if isinstance(m, FxRate) else "ticks"
-        one_by_one.apply(**{kind: [m]}, now=stamp(m))
+        if isinstance(m, Tick):
+            one_by_one.apply(ticks=[m], now=stamp(m))
+        elif isinstance(m, FxRate):
+            one_by_one.apply(fx=[m], now=stamp(m))
+        else:
+            one_by_one.apply(actions=[m], now=stamp(m))
     batched = Engine(_universe(), QualitySettings(max_move_pct=30.0))
     batched.apply(
         ticks=[m for m in messages if isinstance(m, Tick)],
