@@ -477,8 +477,7 @@ class PublishLoop:
         self.connected = False
         self.state: RedisState = "unreachable"
         self.problem = "redis not connected yet"
-        self._state_since = 0.0
-        self._reminded = 0.0
+        self._state_since = self._reminded = time.monotonic()
         self._retry_at = 0.0  # after a refusal: no cycle before this (loop time)
         self.cycles = 0
         self._resync = True  # the first cycle publishes everything known
@@ -517,7 +516,7 @@ class PublishLoop:
             except TimeoutError:
                 if self._in_flight:
                     await self._await_oldest()  # still unanswered after a second: check it
-                elif not await self._start_cycle(checkpoint_only=True):
+                elif not await self._start_cycle():  # a checkpoint may be due meanwhile
                     await self._probe()
                 continue
             if self.connected:
@@ -531,19 +530,14 @@ class PublishLoop:
             await self._await_oldest()
         return self.connected and self.state == "connected"
 
-    async def _start_cycle(
-        self,
-        everything: bool = False,
-        checkpoint_only: bool = False,
-        force_checkpoint: bool = False,
-    ) -> bool:
+    async def _start_cycle(self, everything: bool = False, force_checkpoint: bool = False) -> bool:
         """Build and send one cycle; False when there was nothing to send."""
         dirty, audit, closes, receipts = self.outbox.take()
         acks = self.outbox.take_durable_acks()
         everything = everything or self._resync
         # The levels and the checkpoint are read at the same moment: a checkpoint is never
         # older than a level it goes out with.
-        levels = [] if checkpoint_only else self._levels(None if everything else dirty)
+        levels = self._levels(None if everything else dirty)
         checkpoint = self.checkpoints.take(force=force_checkpoint or bool(acks) or bool(audit))
         if not levels and not audit and not closes and checkpoint is None:
             if acks:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import sys
 
 import pytest
@@ -46,7 +47,7 @@ def test_metrics_probes_and_sigterm(
         status, body = http_get(config.metrics_url + "/readyz")
         assert status == 503 and "no level yet" in body
         for symbol, price in (("AAA", 100.0), ("BBB", 50.0), ("CCC", 25.0), ("DDD", 10.0)):
-            feed.tick(symbol, price, ts=1_700_000_000_000_000_000)
+            feed.tick(symbol, price, ts=time.time_ns())
         feed.send("reference/PX3", b'{"index": "PX3", "level": 349.65}')
         wait_for(lambda: http_get(config.metrics_url + "/readyz")[0] == 200, what="ready")
 
@@ -76,7 +77,7 @@ def test_metrics_probes_and_sigterm(
         assert service.terminate(timeout=5) == 0
         assert int(store.hget(f"{config.prefix}:index:PX3", "seq") or 0) == seq_before + 1
         events = [e["event"] for e in service.log_events()]
-        assert "final levels published" in events
+        assert "final levels and checkpoint written" in events
         assert events[-1] == "service stopped"
     finally:
         feed.close()
