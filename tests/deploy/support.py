@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,50 @@ def mosquitto_acl(acl_file: Path) -> dict[str, list[tuple[str, str]]]:
         else:
             raise AssertionError(f"{acl_file}: unexpected line {raw!r}")
     return rules
+
+
+@dataclass(frozen=True)
+class MosquittoConf:
+    """A mosquitto.conf read as mosquitto does with per_listener_settings: the options before
+    the first ``listener`` line, and each listener's own options (the lines after it)."""
+
+    general: dict[str, list[str]]
+    listeners: dict[int, dict[str, list[str]]]
+
+    def value(self, option: str) -> str | None:
+        """A general option's last value (as mosquitto keeps the last), or None."""
+        values = self.general.get(option)
+        return values[-1] if values else None
+
+    def listener_value(self, port: int, option: str) -> str | None:
+        values = self.listeners[port].get(option)
+        return values[-1] if values else None
+
+
+def mosquitto_conf(path: Path) -> MosquittoConf:
+    general: dict[str, list[str]] = {}
+    listeners: dict[int, dict[str, list[str]]] = {}
+    current = general
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        option, _, value = line.partition(" ")
+        if option == "listener":
+            port = int(value.split()[0])
+            assert port not in listeners, f"{path}: listener {port} twice"
+            current = listeners[port] = {}
+        else:
+            current.setdefault(option, []).append(value.strip())
+    return MosquittoConf(general, listeners)
+
+
+def mosquitto_users(passwd_file: Path) -> set[str]:
+    return {
+        line.partition(":")[0]
+        for line in passwd_file.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    }
 
 
 def topic_matches(pattern: str, topic: str) -> bool:
