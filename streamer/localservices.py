@@ -1,8 +1,10 @@
 """Private ``mosquitto`` and ``redis-server`` processes on free loopback ports.
 
 Used by the test suite, ``streamer demo`` and ``streamer bench e2e``: each instance lives in
-its own temporary directory (config, log, data), listens on 127.0.0.1 only, keeps nothing on
-disk, and can be killed and restarted on the same port to exercise reconnect paths.
+its own temporary directory (config, log, data), listens on 127.0.0.1 only, and can be killed
+and restarted on the same port to exercise reconnect paths.  By default nothing is kept across
+a restart; ``LocalMosquitto(persistent=True)`` and ``LocalRedis(appendonly=True)`` keep their
+data in that directory the way the shipped configs (deploy/) keep it on a volume.
 
     with LocalMosquitto() as broker, LocalRedis() as redis:
         run_service(mqtt_url=broker.url, redis_url=redis.url)
@@ -252,8 +254,20 @@ class LocalService:
             return None
 
 
+# How deploy/mosquitto/mosquitto.conf saves its database (its comment explains the choice;
+# tests/deploy checks the two agree): right after any change, e.g. a QoS 1 message queued for
+# an offline session, so a broker killed after that save still delivers the message.
+MOSQUITTO_AUTOSAVE = ("autosave_on_changes true", "autosave_interval 1")
+
+
 class LocalMosquitto(LocalService):
-    """A private mosquitto broker: anonymous, or one user with a password file."""
+    """A private mosquitto broker: anonymous, or one user with a password file.
+
+    ``persistent=True`` keeps sessions, subscriptions and queued QoS 1 messages in
+    ``workdir/mosquitto.db`` and saves it as the shipped config does (:data:`MOSQUITTO_AUTOSAVE`),
+    so :meth:`restart` (and :meth:`kill` then :meth:`start`, once the save has happened)
+    keeps them.
+    """
 
     name = "mosquitto"
 
@@ -265,6 +279,7 @@ class LocalMosquitto(LocalService):
         username: str | None = None,
         password: str | None = None,
         tls: bool = False,
+        persistent: bool = False,
         extra_config: tuple[str, ...] = (),
     ) -> None:
         super().__init__(port, workdir)
@@ -273,7 +288,13 @@ class LocalMosquitto(LocalService):
         self.username = username
         self.password = password
         self.tls = tls
+        self.persistent = persistent
         self.extra_config = extra_config
+
+    @property
+    def database_path(self) -> Path:
+        """Where a persistent broker saves its sessions and queued messages."""
+        return self.workdir / "mosquitto.db"
 
     @property
     def scheme(self) -> str:
@@ -293,9 +314,17 @@ class LocalMosquitto(LocalService):
 
     def _command(self) -> list[str]:
         config = self.workdir / "mosquitto.conf"
+        if self.persistent:
+            persistence = [
+                "persistence true",
+                f"persistence_location {self.workdir}/",
+                *MOSQUITTO_AUTOSAVE,
+            ]
+        else:
+            persistence = ["persistence false"]
         lines = [
             f"listener {self.port} {self.host}",
-            "persistence false",
+            *persistence,
             # Ticks are small messages: Nagle's algorithm would hold them back for latency.
             "set_tcp_nodelay true",
             "log_dest stderr",
@@ -353,7 +382,12 @@ class LocalMosquitto(LocalService):
 
 
 class LocalRedis(LocalService):
-    """A private redis-server: no persistence, optional ``requirepass``, optional TLS."""
+    """A private redis-server: optional ``requirepass``, optional TLS.
+
+    Without persistence by default; ``appendonly=True`` turns the append-only file on (in
+    ``workdir``, fsync'd every second, as the shipped compose Redis), so a restart, or
+    :meth:`kill` then :meth:`start`, keeps every acknowledged write.
+    """
 
     name = "redis"
 
@@ -364,10 +398,12 @@ class LocalRedis(LocalService):
         *,
         password: str | None = None,
         tls: bool = False,
+        appendonly: bool = False,
     ) -> None:
         super().__init__(port, workdir)
         self.password = password
         self.tls = tls
+        self.appendonly = appendonly
 
     @property
     def url(self) -> str:
@@ -388,7 +424,7 @@ class LocalRedis(LocalService):
             f"port {self.port}",
             f"bind {self.host}",
             'save ""',
-            "appendonly no",
+            *(["appendonly yes", "appendfsync everysec"] if self.appendonly else ["appendonly no"]),
             f"dir {self.workdir}",
             "daemonize no",
             "protected-mode yes",

@@ -20,7 +20,13 @@ from typing import Any, TypeVar
 import yaml
 
 from streamer.cli import COMMANDS
-from streamer.localservices import LocalMosquitto, LocalRedis, find_executable, free_port
+from streamer.localservices import (
+    LocalMosquitto,
+    LocalRedis,
+    LocalServiceError,
+    find_executable,
+    free_port,
+)
 from streamer.tools.processes import ChildProcess, streamer_command
 from tests.deploy.support import DEPLOY, PROMETHEUS_DIR, tool
 
@@ -58,20 +64,48 @@ def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
 
 
 class DeployMosquitto(LocalMosquitto):
-    """mosquitto running deploy/mosquitto/mosquitto.conf: its password file and ACL, on a free
-    loopback port instead of 1883."""
+    """mosquitto running deploy/mosquitto/mosquitto.conf: its password files, ACL, persistence
+    and autosave, with its two listeners moved to free loopback ports: ``port`` is the one for
+    everyone but the service (1883 in the container), ``service_port`` the service's (1884).
+    The database goes to ``workdir`` instead of the /mosquitto/data volume."""
 
     name = "mosquitto-deploy"
+    SHARED_LISTENER = 1883
+    SERVICE_LISTENER = 1884
+
+    def __init__(self, port: int | None = None, workdir: str | Path | None = None) -> None:
+        super().__init__(port, workdir)
+        self.service_port = 0
+        self._service_port_used = False
+
+    def port_for(self, container_port: int) -> int:
+        """Where the listener the container would open on ``container_port`` listens here."""
+        ports = {self.SHARED_LISTENER: self.port, self.SERVICE_LISTENER: self.service_port}
+        assert container_port in ports, f"deploy/mosquitto has no listener {container_port}"
+        return ports[container_port]
+
+    def _spawn(self) -> None:
+        try:
+            super()._spawn()
+        except LocalServiceError:
+            if not self._service_port_used:
+                self.service_port = 0  # maybe taken meanwhile: the retry picks another
+            raise
+        self._service_port_used = True  # kept from now on: clients reconnect to it
 
     def _command(self) -> list[str]:
+        if not self.service_port:
+            self.service_port = free_port(self.host)
         source = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text(encoding="utf-8")
         lines = []
         for line in source.splitlines():
-            if re.match(r"^\s*listener\s", line):
-                line = f"listener {self.port} {self.host}"
+            listener = re.match(r"^\s*listener\s+(\d+)", line)
+            if listener:
+                line = f"listener {self.port_for(int(listener.group(1)))} {self.host}"
             elif re.match(r"^\s*log_dest\s", line):
                 line = "log_dest stderr"
-            lines.append(line.replace("/mosquitto/config/", f"{DEPLOY / 'mosquitto'}/"))
+            line = line.replace("/mosquitto/config/", f"{DEPLOY / 'mosquitto'}/")
+            lines.append(line.replace("/mosquitto/data/", f"{self.workdir}/"))
         if os.geteuid() == 0:
             # As root mosquitto drops to its own user, which may not read the checkout.
             lines.append("user root")
@@ -79,11 +113,18 @@ class DeployMosquitto(LocalMosquitto):
         config.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return [find_executable("mosquitto"), "-c", str(config)]
 
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
 
 class DeployRedis(LocalRedis):
-    """redis-server with deploy/redis/users.acl (the default user off, `streamer` on)."""
+    """redis-server with deploy/redis/users.acl (the default user off, `streamer` on) and the
+    append-only file on, as docker-compose.yml runs it."""
 
     name = "redis-deploy"
+
+    def __init__(self, port: int | None = None, workdir: str | Path | None = None) -> None:
+        super().__init__(port, workdir, appendonly=True)
 
     def _command(self) -> list[str]:
         command = super()._command()

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,23 @@ SECRETS_DIR = DEPLOY / "compose" / "secrets"
 
 # Series Prometheus itself adds to every scrape target.
 PROMETHEUS_SYNTHETIC = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
+
+# Series that alerts.yml already watches but streamer.metrics does not export yet: they are
+# being added to the service in parallel (ingest lag, Redis state, checkpoint age, lost MQTT
+# sessions, corporate-action outcomes).  The alert-vs-exported-metric checks
+# (test_prometheus_rules.py::test_alerts_select_only_metrics_the_service_exports and
+# test_k8s.py::test_prometheus_rule_is_alerts_yml) accept these names; everything else an
+# alert selects must be exported.  test_pending_metrics_are_still_pending fails as soon as one
+# of them is exported: then delete it from this set, so the check covers it again.
+PENDING_METRICS = frozenset(
+    {
+        "streamer_ingest_lag_seconds",
+        "streamer_redis_state",
+        "streamer_checkpoint_age_seconds",
+        "streamer_mqtt_session_lost_total",
+        "streamer_actions_total",
+    }
+)
 
 _SUFFIXES_BY_TYPE: dict[str, tuple[str, ...]] = {
     "counter": ("_total", "_created"),
@@ -154,6 +172,50 @@ def mosquitto_acl(acl_file: Path) -> dict[str, list[tuple[str, str]]]:
         else:
             raise AssertionError(f"{acl_file}: unexpected line {raw!r}")
     return rules
+
+
+@dataclass(frozen=True)
+class MosquittoConf:
+    """A mosquitto.conf read as mosquitto does with per_listener_settings: the options before
+    the first ``listener`` line, and each listener's own options (the lines after it)."""
+
+    general: dict[str, list[str]]
+    listeners: dict[int, dict[str, list[str]]]
+
+    def value(self, option: str) -> str | None:
+        """A general option's last value (as mosquitto keeps the last), or None."""
+        values = self.general.get(option)
+        return values[-1] if values else None
+
+    def listener_value(self, port: int, option: str) -> str | None:
+        values = self.listeners[port].get(option)
+        return values[-1] if values else None
+
+
+def mosquitto_conf(path: Path) -> MosquittoConf:
+    general: dict[str, list[str]] = {}
+    listeners: dict[int, dict[str, list[str]]] = {}
+    current = general
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        option, _, value = line.partition(" ")
+        if option == "listener":
+            port = int(value.split()[0])
+            assert port not in listeners, f"{path}: listener {port} twice"
+            current = listeners[port] = {}
+        else:
+            current.setdefault(option, []).append(value.strip())
+    return MosquittoConf(general, listeners)
+
+
+def mosquitto_users(passwd_file: Path) -> set[str]:
+    return {
+        line.partition(":")[0]
+        for line in passwd_file.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    }
 
 
 def topic_matches(pattern: str, topic: str) -> bool:

@@ -18,12 +18,16 @@ from urllib.parse import urlsplit
 import pytest
 
 from streamer.config import Settings, load_settings
+from streamer.localservices import MOSQUITTO_AUTOSAVE
 from tests.deploy.support import (
     COMPOSE_FILE,
     DEPLOY,
+    MosquittoConf,
     load_yaml,
     mosquitto_acl,
+    mosquitto_conf,
     mosquitto_password_matches,
+    mosquitto_users,
     redis_acl_users,
     topic_matches,
 )
@@ -42,6 +46,16 @@ def service(compose: dict[str, Any], name: str) -> dict[str, Any]:
     services: dict[str, dict[str, Any]] = compose["services"]
     assert name in services, f"compose has no service {name!r}"
     return services[name]
+
+
+def named_volumes(spec: dict[str, Any]) -> dict[str, str]:
+    """Container path -> named volume of a service."""
+    mounts: dict[str, str] = {}
+    for volume in spec.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if not source.startswith((".", "/")):
+            mounts[target] = source
+    return mounts
 
 
 def bind_mounts(spec: dict[str, Any]) -> dict[str, Path]:
@@ -170,15 +184,20 @@ def test_service_reaches_the_broker_as_an_allowed_user(
     url = urlsplit(settings.mqtt.url)
     mosquitto = service(compose, "mosquitto")
     assert url.hostname == "mosquitto"
-    listener = _mosquitto_listener_port(bind_mounts(mosquitto))
-    assert (url.port or 1883) == listener
-    assert container_port(mosquitto, "MQTT_PORT") == listener
-    mounts = bind_mounts(mosquitto)
     assert url.username is not None and settings.mqtt.password is not None
-    assert mosquitto_password_matches(
-        mounts["/mosquitto/config/passwd"], url.username, settings.mqtt.password
-    ), "the service's MQTT password does not match deploy/mosquitto/passwd"
-    acl = mosquitto_acl(mounts["/mosquitto/config/acl"])
+    mounts = bind_mounts(mosquitto)
+    listener = _mosquitto_listener_of(mounts, url.username)
+    assert (url.port or 1883) == listener, "the service must use the listener its user is on"
+    assert container_port(mosquitto, "MQTT_SERVICE_PORT") == listener
+    conf = mosquitto_conf(mounts["/mosquitto/config/mosquitto.conf"])
+    passwd = conf.listener_value(listener, "password_file")
+    assert passwd is not None
+    assert mosquitto_password_matches(mounts[passwd], url.username, settings.mqtt.password), (
+        f"the service's MQTT password does not match {passwd}"
+    )
+    acl_file = conf.listener_value(listener, "acl_file")
+    assert acl_file is not None
+    acl = mosquitto_acl(mounts[acl_file])
     for topic_filter in settings.mqtt.topics:
         sample = topic_filter.replace("#", "x").replace("+", "x")
         assert _allowed(acl, url.username, "read", sample), f"ACL denies {topic_filter}"
@@ -190,7 +209,10 @@ def test_simulator_publishes_as_the_feed_user(compose: dict[str, Any], tmp_path:
     assert url.hostname == "mosquitto"
     assert url.username == "feed"
     assert settings.mqtt.password is not None
-    mounts = bind_mounts(service(compose, "mosquitto"))
+    mosquitto = service(compose, "mosquitto")
+    mounts = bind_mounts(mosquitto)
+    listener = _mosquitto_listener_of(mounts, "feed")
+    assert (url.port or 1883) == listener == container_port(mosquitto, "MQTT_PORT")
     assert mosquitto_password_matches(
         mounts["/mosquitto/config/passwd"], "feed", settings.mqtt.password
     ), "the simulator's MQTT password does not match deploy/mosquitto/passwd"
@@ -201,24 +223,89 @@ def test_simulator_publishes_as_the_feed_user(compose: dict[str, Any], tmp_path:
     assert int(command_option(command, "--batch")) >= 1
 
 
-def test_acl_lets_only_the_feed_publish_prices_and_only_the_service_control() -> None:
+def test_acl_lets_only_the_feed_publish_prices_and_only_the_operator_control() -> None:
     acl = mosquitto_acl(DEPLOY / "mosquitto" / "acl")
     users = set(acl)
-    assert users == {"feed", "streamer"}
+    assert users == {"feed", "operator", "streamer"}
     for topic in ("ticks/AAPL", "ticks/batch", "fx/EURUSD"):
         assert {u for u in users if _allowed(acl, u, "write", topic)} == {"feed"}, topic
         assert _allowed(acl, "streamer", "read", topic)
-    assert {u for u in users if _allowed(acl, u, "write", "control/actions")} == {"streamer"}
-    assert not _allowed(acl, "feed", "read", "control/actions")
-    assert not _allowed(acl, "feed", "read", "ticks/AAPL")
+    assert {u for u in users if _allowed(acl, u, "write", "control/actions")} == {"operator"}
+    assert _allowed(acl, "streamer", "read", "control/actions")
+    assert acl["operator"] == [("write", "control/#")], "operator: publish control/, nothing else"
+    for user in ("feed", "operator"):
+        for topic in ("control/actions", "ticks/AAPL"):
+            assert not _allowed(acl, user, "read", topic), (user, topic)
 
 
-def test_password_file_holds_only_hashes_of_the_secrets() -> None:
-    passwd = DEPLOY / "mosquitto" / "passwd"
-    for user in ("feed", "streamer"):
-        secret = (DEPLOY / "compose" / "secrets" / f"mqtt_{user}_password").read_text().strip()
-        assert secret not in passwd.read_text(), "plain-text password in the password file"
-        assert mosquitto_password_matches(passwd, user, secret), user
+def test_password_files_hold_only_hashes_of_the_secrets() -> None:
+    expected = {"passwd": {"feed", "operator"}, "passwd-service": {"streamer"}}
+    for name, users in expected.items():
+        passwd = DEPLOY / "mosquitto" / name
+        assert mosquitto_users(passwd) == users, name
+        for user in users:
+            secret = (DEPLOY / "compose" / "secrets" / f"mqtt_{user}_password").read_text()
+            assert secret.strip() not in passwd.read_text(), f"plain-text password in {name}"
+            assert mosquitto_password_matches(passwd, user, secret.strip()), (name, user)
+
+
+def test_broker_listeners_keep_other_users_off_the_service_client_ids(
+    compose: dict[str, Any],
+) -> None:
+    # deploy/mosquitto/mosquitto.conf explains why: the service's user alone on its listener,
+    # where replicas choose their ids; on every other listener the client id is the username.
+    mounts = bind_mounts(service(compose, "mosquitto"))
+    conf = mosquitto_conf(mounts["/mosquitto/config/mosquitto.conf"])
+    assert conf.value("per_listener_settings") == "true", "one password file per listener"
+    assert set(conf.listeners) == {1883, 1884}
+    service_listener = _mosquitto_listener_of(mounts, "streamer")
+    for port in conf.listeners:
+        assert conf.listener_value(port, "allow_anonymous") == "false", port
+        passwd = conf.listener_value(port, "password_file")
+        acl_file = conf.listener_value(port, "acl_file")
+        assert passwd in mounts and acl_file in mounts, f"listener {port}: files not mounted"
+        users = mosquitto_users(mounts[passwd])
+        if port == service_listener:
+            assert users == {"streamer"}, f"only the service may log in on {port}: {users}"
+            assert conf.listener_value(port, "use_username_as_clientid") in (None, "false")
+        else:
+            assert "streamer" not in users, port
+            assert conf.listener_value(port, "use_username_as_clientid") == "true", (
+                f"on listener {port}, {sorted(users)} could present the service's client id"
+            )
+
+
+def test_broker_persists_sessions_on_a_named_volume(compose: dict[str, Any]) -> None:
+    mosquitto = service(compose, "mosquitto")
+    conf = mosquitto_conf(bind_mounts(mosquitto)["/mosquitto/config/mosquitto.conf"])
+    assert conf.value("persistence") == "true"
+    location = conf.value("persistence_location")
+    assert location is not None and location.endswith("/")
+    volumes = named_volumes(mosquitto)
+    assert location.rstrip("/") in volumes, f"{location} is not on a named volume"
+    assert volumes[location.rstrip("/")] in compose["volumes"]
+    # LocalMosquitto(persistent=True) saves the way the shipped broker does.
+    autosave = tuple(
+        f"{option} {conf.value(option)}"
+        for option in ("autosave_on_changes", "autosave_interval")
+        if conf.value(option) is not None
+    )
+    assert autosave == MOSQUITTO_AUTOSAVE
+    assert conf.value("max_queued_messages") is not None, "the offline queue bound is explicit"
+    assert conf.value("persistent_client_expiration") is not None, "orphan sessions expire"
+
+
+def test_redis_persists_with_an_append_only_file_on_a_named_volume(
+    compose: dict[str, Any],
+) -> None:
+    redis = service(compose, "redis")
+    command = redis["command"]
+    assert command_option(command, "--appendonly") == "yes"
+    assert command_option(command, "--appendfsync") == "everysec"
+    directory = command_option(command, "--dir")
+    volumes = named_volumes(redis)
+    assert directory in volumes, f"Redis writes its AOF to {directory}, not a named volume"
+    assert volumes[directory] in compose["volumes"]
 
 
 def test_service_reaches_redis_as_its_acl_user(compose: dict[str, Any], tmp_path: Path) -> None:
@@ -301,15 +388,19 @@ def test_grafana_provisions_the_datasource_and_dashboard(compose: dict[str, Any]
     assert secret_path in secret_files(compose, grafana)
 
 
-def _mosquitto_listener_port(mounts: dict[str, Path]) -> int:
-    conf = mounts["/mosquitto/config/mosquitto.conf"].read_text(encoding="utf-8")
-    listeners = re.findall(r"^listener\s+(\d+)", conf, flags=re.MULTILINE)
-    assert len(listeners) == 1, f"expected one listener, found {listeners}"
-    for directive in ("password_file", "acl_file"):
-        match = re.search(rf"^{directive}\s+(\S+)", conf, flags=re.MULTILINE)
-        assert match and match.group(1) in mounts, f"mosquitto {directive} is not mounted"
-    assert re.search(r"^allow_anonymous\s+false", conf, flags=re.MULTILINE)
-    return int(listeners[0])
+def _mosquitto_listener_of(mounts: dict[str, Path], user: str) -> int:
+    """The one listener of the mounted mosquitto.conf whose password file has ``user``."""
+    conf: MosquittoConf = mosquitto_conf(mounts["/mosquitto/config/mosquitto.conf"])
+    found = []
+    for port in conf.listeners:
+        passwd = conf.listener_value(port, "password_file")
+        assert passwd in mounts, f"listener {port}: password_file {passwd} is not mounted"
+        assert conf.listener_value(port, "acl_file") in mounts, f"listener {port}: acl_file"
+        assert conf.listener_value(port, "allow_anonymous") == "false", port
+        if user in mosquitto_users(mounts[passwd]):
+            found.append(port)
+    assert len(found) == 1, f"{user} can log in on listeners {found}, expected exactly one"
+    return found[0]
 
 
 def _allowed(acl: dict[str, list[tuple[str, str]]], user: str, access: str, topic: str) -> bool:

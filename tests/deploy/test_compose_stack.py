@@ -52,7 +52,9 @@ def environment_for(
     settings = load_settings(config_path, environ=environment)
     mqtt_url = environment.get("STREAMER_MQTT_URL", settings.mqtt.url)
     assert urlsplit(mqtt_url).hostname == "mosquitto"
-    environment["STREAMER_MQTT_URL"] = moved(mqtt_url, broker.host, broker.port)
+    # The service's listener or everyone else's, as the container port says.
+    listener = broker.port_for(urlsplit(mqtt_url).port or 1883)
+    environment["STREAMER_MQTT_URL"] = moved(mqtt_url, broker.host, listener)
     assert urlsplit(settings.redis.url).hostname == "redis"
     environment["STREAMER_REDIS_URL"] = moved(settings.redis.url, store.host, store.port)
     return command, environment

@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -15,11 +16,15 @@ import yaml
 from streamer.config import load_settings
 from tests.deploy.support import (
     ALERTS,
+    DEPLOY,
     K8S_DIR,
+    PENDING_METRICS,
     PROMETHEUS_SYNTHETIC,
     REPO,
     exported_series_names,
     load_yaml,
+    mosquitto_conf,
+    mosquitto_users,
     promql_metric_names,
 )
 
@@ -92,7 +97,7 @@ def test_indices_configmap_holds_every_index_file(
 def test_prometheus_rule_is_alerts_yml(manifests: dict[tuple[str, str], Manifest]) -> None:
     rule = get(manifests, "PrometheusRule", "streamer")
     assert rule["spec"]["groups"] == load_yaml(ALERTS)["groups"]
-    exported = exported_series_names() | PROMETHEUS_SYNTHETIC
+    exported = exported_series_names() | PROMETHEUS_SYNTHETIC | PENDING_METRICS
     for group in rule["spec"]["groups"]:
         for entry in group["rules"]:
             unknown = promql_metric_names(entry["expr"]) - exported
@@ -199,6 +204,15 @@ def test_config_loads_as_the_pod_sees_it(
     config = args[args.index("--config") + 1]
     settings = load_settings(tmp_path / config.lstrip("/"), environ=environment)
     assert settings.mqtt.client_id == "streamer-5d8f7c9b6-x2k4q"
+    # The broker's listener for the service user alone, as deploy/mosquitto configures it.
+    conf = mosquitto_conf(DEPLOY / "mosquitto" / "mosquitto.conf")
+    service_listeners = [
+        port
+        for port, options in conf.listeners.items()
+        if mosquitto_users(DEPLOY / "mosquitto" / Path(options["password_file"][-1]).name)
+        == {"streamer"}
+    ]
+    assert [urlsplit(settings.mqtt.url).port] == service_listeners
     assert settings.mqtt.password and settings.redis.password
     index_files = list((REPO / "config" / "indices").glob("*.toml"))
     assert len(settings.indices) == len(index_files)
