@@ -30,23 +30,6 @@ SECRETS_DIR = DEPLOY / "compose" / "secrets"
 # Series Prometheus itself adds to every scrape target.
 PROMETHEUS_SYNTHETIC = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
 
-# Series that alerts.yml already watches but streamer.metrics does not export yet: they are
-# being added to the service in parallel (ingest lag, Redis state, checkpoint age, lost MQTT
-# sessions, corporate-action outcomes).  The alert-vs-exported-metric checks
-# (test_prometheus_rules.py::test_alerts_select_only_metrics_the_service_exports and
-# test_k8s.py::test_prometheus_rule_is_alerts_yml) accept these names; everything else an
-# alert selects must be exported.  test_pending_metrics_are_still_pending fails as soon as one
-# of them is exported: then delete it from this set, so the check covers it again.
-PENDING_METRICS = frozenset(
-    {
-        "streamer_ingest_lag_seconds",
-        "streamer_redis_state",
-        "streamer_checkpoint_age_seconds",
-        "streamer_mqtt_session_lost_total",
-        "streamer_actions_total",
-    }
-)
-
 _SUFFIXES_BY_TYPE: dict[str, tuple[str, ...]] = {
     "counter": ("_total", "_created"),
     "gauge": ("",),

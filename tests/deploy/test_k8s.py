@@ -18,7 +18,6 @@ from tests.deploy.support import (
     ALERTS,
     DEPLOY,
     K8S_DIR,
-    PENDING_METRICS,
     PROMETHEUS_SYNTHETIC,
     REPO,
     exported_series_names,
@@ -97,7 +96,7 @@ def test_indices_configmap_holds_every_index_file(
 def test_prometheus_rule_is_alerts_yml(manifests: dict[tuple[str, str], Manifest]) -> None:
     rule = get(manifests, "PrometheusRule", "streamer")
     assert rule["spec"]["groups"] == load_yaml(ALERTS)["groups"]
-    exported = exported_series_names() | PROMETHEUS_SYNTHETIC | PENDING_METRICS
+    exported = exported_series_names() | PROMETHEUS_SYNTHETIC
     for group in rule["spec"]["groups"]:
         for entry in group["rules"]:
             unknown = promql_metric_names(entry["expr"]) - exported

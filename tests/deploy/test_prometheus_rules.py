@@ -10,7 +10,6 @@ import pytest
 
 from tests.deploy.support import (
     ALERTS,
-    PENDING_METRICS,
     PROMETHEUS_DIR,
     PROMETHEUS_SYNTHETIC,
     alert_rules,
@@ -92,22 +91,10 @@ def test_alerts_cover_the_issue_list() -> None:
 
 
 def test_alerts_select_only_metrics_the_service_exports() -> None:
-    exported = exported_series_names() | PROMETHEUS_SYNTHETIC | PENDING_METRICS
+    exported = exported_series_names() | PROMETHEUS_SYNTHETIC
     for rule in alert_rules():
         unknown = promql_metric_names(rule["expr"]) - exported
         assert not unknown, f"{rule['alert']} selects metrics nobody exports: {sorted(unknown)}"
-
-
-def test_pending_metrics_are_still_pending() -> None:
-    # support.PENDING_METRICS exempts names the service does not export yet; once it does, the
-    # exemption would only hide a later rename.
-    exported = PENDING_METRICS & exported_series_names()
-    assert not exported, (
-        f"now exported by streamer.metrics: delete {sorted(exported)} from PENDING_METRICS "
-        "in tests/deploy/support.py"
-    )
-    selected = {name for rule in alert_rules() for name in promql_metric_names(rule["expr"])}
-    assert selected >= PENDING_METRICS, f"no alert uses {sorted(PENDING_METRICS - selected)}"
 
 
 def test_every_alert_is_labelled_and_explained() -> None:
