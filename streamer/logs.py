@@ -2,8 +2,9 @@
 module holds what it installs and the throttle the service uses for bad input.
 
 Field values and events are escaped in the text format so that no input (a symbol or an
-action id carrying a newline) can forge a log line: control characters become ``\\xNN`` and a
-value with spaces, quotes or ``=`` is quoted.  The JSON format escapes them by construction.
+action id carrying a newline) can forge a log line: a value with spaces, quotes, ``=`` or
+control characters is written as a JSON string, and control characters in an event become
+``\\xNN``.  The JSON format escapes them by construction.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ def escape(text: str) -> str:
 
 
 def _field(value: Any) -> str:
-    text = escape(str(value))
-    return json.dumps(text) if not text or _NEEDS_QUOTES.search(text) else text
+    """One ``key=value`` token's value: as is when plain, else quoted JSON (which escapes
+    quotes, newlines and the other C0 controls; DEL and C1 are escaped after)."""
+    text = str(value)
+    if text and not _NEEDS_QUOTES.search(text) and not _CONTROL.search(text):
+        return text
+    return escape(json.dumps(text, ensure_ascii=False))
 
 
 class JsonLogFormatter(logging.Formatter):

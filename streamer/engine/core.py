@@ -932,8 +932,8 @@ class Engine:
             held[symbols] = True
             if cursor is None or cursor.current is None:
                 continue
-            np.minimum.at(opens, symbols, cursor.session_start())
-            np.maximum.at(closes, symbols, cursor.current.close_ns)
+            opens[symbols] = np.minimum(opens[symbols], cursor.session_start())
+            closes[symbols] = np.maximum(closes[symbols], cursor.current.close_ns)
         # Symbols no index holds take any ts (they move nothing).
         opens[~held] = NO_TS
         closes[~held] = MAX_TS

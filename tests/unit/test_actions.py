@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from streamer.config import IndexDefinition
+from streamer.config import IndexDefinition, QualitySettings
 from streamer.engine import AuditRecord, Engine
 from streamer.wire import (
     Action,
@@ -27,7 +27,7 @@ from streamer.wire import (
     Split,
     Tick,
 )
-from tests.unit.builders import REL, T0, at, engine_of, index, level, member
+from tests.unit.builders import REL, SECOND, T0, at, engine_of, index, level, member
 
 
 def px3() -> IndexDefinition:
@@ -692,3 +692,30 @@ def test_audit_record_numbers_are_plain_floats() -> None:
     for name in ("divisor_before", "divisor_after", "level_before", "level_after"):
         assert type(getattr(record, name)) is float, name
     assert type(record.effective) is int
+
+
+# --------------------------------------------------------------------------- bounded input
+
+
+def test_pending_actions_are_bounded_and_the_excess_refused() -> None:
+    engine = Engine([px3()], QualitySettings(), start_ns=T0, max_pending=3)
+    future = [Split(id=f"s{k}", symbol="A", ratio=2.0, effective=at(1000 + k)) for k in range(5)]
+    result = engine.apply(actions=future, now=at(1))
+    assert result.accepted_actions == ["s0", "s1", "s2"]
+    assert result.rejected_actions == [("s3", "too_many_pending"), ("s4", "too_many_pending")]
+    assert engine.pending_actions == 3
+
+
+def test_a_refused_action_is_not_remembered_so_a_corrected_resend_applies() -> None:
+    engine = Engine([px3()], QualitySettings(), start_ns=T0)
+    bad = engine.apply(actions=[Split(id="s", symbol="A", ratio=-1.0)], now=at(1))
+    assert bad.rejected_actions == [("s", "bad_ratio")]
+    good = engine.apply(actions=[Split(id="s", symbol="A", ratio=2.0)], now=at(2))
+    assert [r.action_id for r in good.audit] == ["s"]
+
+
+def test_an_action_older_than_the_ids_remembered_is_refused_as_expired() -> None:
+    day = 86_400 * SECOND
+    engine = Engine([px3()], QualitySettings(), start_ns=T0, id_retention_ns=30 * day)
+    old = Split(id="old", symbol="A", ratio=2.0, effective=T0 - 31 * day)
+    assert engine.apply(actions=[old], now=T0).rejected_actions == [("old", "expired")]

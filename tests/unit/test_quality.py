@@ -452,3 +452,52 @@ def test_both_paths_agree_on_changed_and_source_ts(ticks: list[Tick]) -> None:
     assert small.changed == large.changed
     [small_x], [large_x] = small.engine.levels(["X"]), large.engine.levels(["X"])
     assert small_x.source_ts == large_x.source_ts
+
+
+# --------------------------------------------------------------------------- hostile clocks
+
+
+@PATHS
+def test_a_far_future_tick_is_refused_and_never_moves_the_symbols_clock(padded: bool) -> None:
+    feed = Feed(padded)
+    year_2261 = 9_200_000_000_000_000_000
+    assert feed(tick("A", 101.0, 1), Tick("A", 102.0, year_2261)) == {
+        ("accepted", "ok"): 1,
+        ("rejected", "future_ts"): 1,
+    }
+    # The next honest tick is accepted: the refused one left no trace of its stamp.
+    assert feed(tick("A", 103.0, 2), seconds=2) == {("accepted", "ok"): 1}
+    assert feed.price("A") == 103.0
+
+
+@PATHS
+def test_a_tick_just_inside_the_tolerance_is_accepted(padded: bool) -> None:
+    feed = Feed(padded)
+    # max_future_s defaults to 5 s after the batch's receipt.
+    assert feed(tick("A", 101.0, 5.9), seconds=1) == {("accepted", "ok"): 1}
+    assert feed(tick("B", 51.0, 7.1), seconds=2) == {("rejected", "future_ts"): 1}
+
+
+@PATHS
+def test_a_restarted_feed_is_let_back_in_after_a_gap(padded: bool) -> None:
+    feed = Feed(padded)
+    assert feed(tick("A", 101.0, 1, seq=500)) == {("accepted", "ok"): 1}
+    # Shortly after, a lower seq is a replay or a reordering: refused.
+    assert feed(tick("A", 102.0, 2, seq=1), seconds=2) == {("rejected", "out_of_order"): 1}
+    # 30 s later (seq_reset_after_s), the same is a restarted producer: accepted and reported.
+    restarted = feed.engine.apply(
+        ticks=[tick("A", 103.0, 40, seq=1), tick("A", 104.0, 41, seq=2)], now=at(41)
+    )
+    assert restarted.outcomes == {("accepted", "ok"): 2}
+    assert restarted.seq_resets == ["A"]
+    assert feed.price("A") == 104.0
+    # From there its seq counts again.
+    assert feed(tick("A", 105.0, 42, seq=2), seconds=42) == {("rejected", "out_of_order"): 1}
+
+
+def test_unknown_fx_pairs_are_refused_so_input_cannot_grow_the_book() -> None:
+    engine = Engine([x_index()], QualitySettings(), start_ns=T0)
+    rates = [FxRate(pair=f"X{k:05d}", rate=1.0, ts=at(1)) for k in range(1000)]
+    result = engine.apply(fx=rates, now=at(1))
+    assert result.outcomes == {("rejected", "unknown_pair"): 1000}
+    assert engine.universe.fx.rates == {}
