@@ -23,4 +23,4 @@ bench:
 FUZZ_EXAMPLES ?= 20000
 fuzz:
 	@.ci/bootstrap --test
-	STREAMER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/pytest -q -s -p no:cacheprovider tests/unit/test_fuzz.py
+	STREAMER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/pytest -q -s -p no:cacheprovider --timeout 0 tests/unit/test_fuzz.py

@@ -76,6 +76,10 @@ class Pipeline:
         inbound = self.router.decode(raw)
         step.rejected = inbound.rejected
         step.acks_now = inbound.acks
+        # A QoS 1 tick, rate or reference level is acknowledged once the state it went into
+        # is durable, so that a crash before then gets it redelivered: nothing a QoS 1 feed
+        # sent is lost (QoS 0 ticks since the last checkpoint may be, by design).
+        step.acks_durable = inbound.durable_acks
         if inbound.ticks:
             self.queue.extend(inbound.ticks, inbound.tick_receipts)
         ticks, receipts = self.queue.take(self.batch_max)

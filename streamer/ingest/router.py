@@ -37,7 +37,8 @@ _MAX_TOPIC_CACHE = 100_000
 @dataclass(slots=True)
 class Inbound:
     """One decoded burst: ticks with their receipt times, the other kinds, rejections, and
-    the packet ids to acknowledge (those carrying actions, and the rest)."""
+    the packet ids to acknowledge: of messages carrying actions (per action), of messages
+    whose content changes state (once that is durable), and of the rest (now)."""
 
     ticks: list[Tick] = field(default_factory=list)
     tick_receipts: list[int] = field(default_factory=list)
@@ -45,7 +46,8 @@ class Inbound:
     references: list[ReferenceLevel] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
     action_acks: list[int] = field(default_factory=list)  # per action: its message's packet id
-    acks: list[int] = field(default_factory=list)  # messages with no action to make durable
+    durable_acks: list[int] = field(default_factory=list)  # ticks, rates, references
+    acks: list[int] = field(default_factory=list)  # nothing to keep (an unknown topic)
     rejected: Counter[str] = field(default_factory=Counter)
     newest_receipt_ns: int = 0
 
@@ -72,14 +74,14 @@ class MessageRouter:
         tick_receipts: list[int] = []
         others: list[tuple[MessageKind, str, bytes, int, int]] = []
         kind_of = self.kind
-        acks = out.acks
+        acks, durable = out.acks, out.durable_acks
         for topic, payload, receipt, ack in messages:
             kind = kind_of(topic)
             if kind == "tick":
                 tick_payloads.append(payload)
                 tick_receipts.append(receipt)
                 if ack:
-                    acks.append(ack)
+                    durable.append(ack)
             elif kind is None:
                 out.rejected[UNKNOWN_TOPIC] += 1
                 self._log.warning(UNKNOWN_TOPIC, "message on an unknown topic", topic=topic)
@@ -104,7 +106,7 @@ class MessageRouter:
                     out.action_acks.append(ack)
                 continue
             if ack:
-                acks.append(ack)
+                durable.append(ack)
             if kind == "fx":
                 out.fx.extend(decoded.messages)
             elif kind == "reference":

@@ -251,11 +251,13 @@ class MqttIngest:
             try:
                 client = self._client()
                 self._watch_connack(client)
+                # Before connecting: the broker redelivers what our session holds right after
+                # CONNACK, and those packet ids belong to this connection.
+                self.generation += 1
+                self._inbox.generation = self.generation
+                self._paho = _paho(client)
                 async with client:
                     made_at = self._clock()
-                    self.generation += 1
-                    self._inbox.generation = self.generation
-                    self._paho = _paho(client)
                     fast = install_fast_path(client, self._inbox)
                     refused = await self._subscribe(client)
                     self.connections += 1

@@ -154,7 +154,7 @@ class ServiceProcess:
     def __init__(self, config_path: Path, metrics_url: str, env: dict[str, str] | None = None):
         self.metrics_url = metrics_url
         self.log_path = config_path.parent / "service.log"
-        self._log = self.log_path.open("wb")
+        self._log = self.log_path.open("ab")  # a restarted service adds to the same log
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO), environment.get("PYTHONPATH", "")) if p
