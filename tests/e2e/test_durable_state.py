@@ -93,7 +93,7 @@ class Stream:
         self.log.close()
 
 
-ACTIONS = [
+ACTIONS: list[dict[str, Any]] = [
     {"action": "split", "id": "split-AAA", "symbol": "AAA", "ratio": 2.0},
     {"action": "dividend", "id": "div-AAA", "symbol": "AAA", "amount": 0.5},
     {"action": "special_dividend", "id": "sdiv-BBB", "symbol": "BBB", "amount": 1.0},
