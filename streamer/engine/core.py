@@ -426,6 +426,7 @@ class Engine:
             for t in ticks:
                 if t.ts is not None and t.ts >= trigger:
                     return False
+        # A far-future stamp makes a batch unquiet too: the cutting path refuses it first.
         return all(r.ts is None or r.ts < trigger for r in fx)
 
     @property
@@ -479,7 +480,16 @@ class Engine:
             if len(sids):
                 self._screen_and_move(sids, prices, ts, seqs, screen)
             return
-        fx = fx or []
+        # A tick or rate stamped beyond the tolerance is refused below; it must not reach
+        # the cutting either, where its stamp would fire every close until the year it names.
+        future = ts > screen.future_limit
+        if future.any():
+            screen.outcomes[REJECTED, FUTURE_TS] += int(future.sum())
+            keep = ~future
+            sids, prices, ts, seqs = sids[keep], prices[keep], ts[keep], seqs[keep]
+            if symbols is not None:
+                symbols = [sym for sym, k in zip(symbols, keep.tolist(), strict=True) if k]
+        fx = [r for r in fx or [] if not self._future_rate(r, screen)]
         fx_ts = np.array([screen.now_ns if r.ts is None else r.ts for r in fx], dtype=np.int64)
         while len(self.agenda) or self._maybe_unestablished:
             boundary, inclusive = self._next_boundary(sids, ts, fx_ts)
@@ -512,6 +522,13 @@ class Engine:
             self._apply_fx(fx, screen)
         if len(sids):
             self._screen_and_move(sids, prices, ts, seqs, screen)
+
+    @staticmethod
+    def _future_rate(rate: FxRate, screen: Screen) -> bool:
+        if rate.ts is None or rate.ts <= screen.future_limit:
+            return False
+        screen.outcomes[REJECTED, FUTURE_TS] += 1
+        return True
 
     def _next_boundary(self, sids: I64, ts: I64, fx_ts: I64) -> tuple[int | None, bool]:
         """The next moment the batch must be cut at: (time, inclusive?) or (None, False).

@@ -28,6 +28,7 @@ from typing import NamedTuple
 from streamer.wire import Action
 
 DAY_NS = 86_400 * 1_000_000_000
+MAX_SESSION_NS = 2**63 - 1
 # Sessions are fetched this far ahead of the current one (a year of trading days).
 WINDOW_NS = 370 * DAY_NS
 
@@ -207,7 +208,8 @@ def utc_days(name: str, start_ns: int, end_ns: int) -> list[Session]:
     import datetime as dt
 
     first = max(start_ns, 0) // DAY_NS
-    last = max(end_ns, 0) // DAY_NS
+    # Nanosecond stamps end in 2262 (int64): no session closes after that.
+    last = min(max(end_ns, 0) // DAY_NS, MAX_SESSION_NS // DAY_NS - 1)
     epoch = dt.date(1970, 1, 1)
     return [
         Session((epoch + dt.timedelta(days=d)).isoformat(), d * DAY_NS, (d + 1) * DAY_NS)

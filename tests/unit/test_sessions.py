@@ -209,3 +209,19 @@ def test_an_xnys_early_close_and_a_holiday() -> None:
     assert ticks(early, _utc("2025-11-28", 18.5), A=102.0).outcomes == {
         ("rejected", "outside_session"): 1
     }
+
+
+@pytest.mark.parametrize("batch", [1, 30])
+def test_a_far_future_stamp_fires_no_close(batch: int) -> None:
+    # In a 24/7 calendar a tick stamped in 2261 would close every day until then, were it
+    # allowed to trigger the schedule: it is refused before.
+    from streamer.engine.schedule import utc_days
+
+    e = engine(source=utc_days, calendar="24/7")
+    now = open_of(0) + HOUR
+    e.advance(now)
+    hostile = [Tick("A", 101.0, 9_200_000_000_000_000_000)] * batch
+    result = e.apply(ticks=[*hostile, Tick("B", 51.0, now)], now=now)
+    assert result.outcomes == {("rejected", "future_ts"): batch, ("accepted", "ok"): 1}
+    assert not result.closes
+    assert e.level_of("PW") == pytest.approx(151.0)
