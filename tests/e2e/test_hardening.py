@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -92,12 +93,8 @@ def test_retained_poison_payloads_are_counted_across_restarts(
                 seed(feed, store)
             feed.tick("AAA", 101.0 + attempt, ts=time.time_ns())
             feed.close()
-            wait_for(
-                lambda a=attempt: (
-                    store.hget("test:index:PX3", "level") == str((101 + a + 75) * 2.0)
-                ),
-                what="the level after the poison",
-            )
+            want = (101 + attempt + 75) * 2.0
+            wait_for(partial(px3_is, store, want), what="the level after the poison")
             samples = scrape(config.metrics_url)
             assert (
                 metric(samples, "streamer_ticks_total", outcome="rejected", reason="malformed") >= 4
@@ -168,7 +165,9 @@ def test_another_client_with_our_id_is_detected_and_backed_off(
         # A second instance with the same client id, reconnecting whenever it is kicked.
         while not stop.is_set():
             other = mqtt.Client(
-                mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False
+                mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
+                client_id=client_id,
+                clean_session=False,
             )
             try:
                 other.connect("127.0.0.1", broker.port)
@@ -214,7 +213,7 @@ def test_redis_refusing_writes_is_backed_off_shown_and_recovered(
             admin.config_set("maxmemory-policy", "noeviction")
             admin.config_set("maxmemory", 1)
         else:
-            admin.execute_command("REPLICAOF", "127.0.0.1", "1")  # a primary that is not there
+            admin.replicaof("127.0.0.1", 1)  # a primary that is not there
         errors_before = metric(scrape(config.metrics_url), "streamer_redis_errors_total")
         stop_ticks = time.monotonic() + 3
         k = 0
@@ -232,7 +231,7 @@ def test_redis_refusing_writes_is_backed_off_shown_and_recovered(
         if fault == "oom":
             admin.config_set("maxmemory", 0)
         else:
-            admin.execute_command("REPLICAOF", "NO", "ONE")
+            admin.replicaof("NO", "ONE")
         feed.tick("AAA", 104.5, ts=time.time_ns())  # within 10% of every price sent before
         wait_for(lambda: px3_is(store, (104.5 + 75) * 2.0),
                  timeout=15, what="levels again after recovery")  # fmt: skip
