@@ -368,16 +368,21 @@ class Service:
                     }
                 },
             )
-            async with asyncio.TaskGroup() as group:
-                tasks = {
-                    name: group.create_task(coro, name=name)
-                    for name, coro in self._loops(server).items()
-                }
-                for task in tasks.values():
-                    task.add_done_callback(self._watch)
-                self.started.set()
-                await self._stop.wait()
-                await self._shutdown(tasks)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = {
+                        name: group.create_task(coro, name=name)
+                        for name, coro in self._loops(server).items()
+                    }
+                    for task in tasks.values():
+                        task.add_done_callback(self._watch)
+                    self.started.set()
+                    await self._stop.wait()
+                    await self._shutdown(tasks)
+            except ExceptionGroup as group:
+                # A task failed: logged by _watch with its traceback; reported below in one
+                # line (the exit code says it).
+                self._failure = self._failure or group.exceptions[0]
         finally:
             if self.handle_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
@@ -428,6 +433,7 @@ class Service:
                     # Final figures from exact sums: they do not depend on batching.
                     self.pipeline.recompute()
                     self._handle(self.pipeline.advance(self.clock()))
+                    self.checkpoints.closing = True
                     published = await self.publish_loop.cycle(
                         everything=True, force_checkpoint=True
                     )

@@ -7,7 +7,8 @@
   (``--index ID``, repeatable), which then start afresh from the config at the next start.
 
 A reset refuses while the service seems to be running (a checkpoint younger than three
-checkpoint intervals): it would write its own state back over it.  ``--force`` overrides.
+checkpoint intervals, and not the final one of a clean shutdown): it would write its own
+state back over it.  ``--force`` overrides.
 """
 
 from __future__ import annotations
@@ -185,7 +186,13 @@ def _reset(
         return 0
     meta = stored.meta
     interval_ns = settings.state.checkpoint_interval_s * 1e9
-    if meta and not args.force and time.time_ns() - meta.taken_ns < 3 * interval_ns + 5e9:
+    running = meta is not None and not meta.final
+    if (
+        running
+        and meta
+        and not args.force
+        and time.time_ns() - meta.taken_ns < 3 * interval_ns + 5e9
+    ):
         print(
             "streamer state: the service seems to be running (its last checkpoint is "
             f"{(time.time_ns() - meta.taken_ns) / 1e9:.0f} s old): stop it first, "
@@ -242,7 +249,7 @@ def _without(snapshot: Snapshot, drop: set[str], meta: Meta | None) -> Blobs:
     meta_blob = msgspec.msgpack.encode(
         msgspec.structs.replace(meta, revision=revision)
         if meta
-        else Meta(1, revision, time.time_ns(), 0, 0, 0)
+        else Meta(1, revision, time.time_ns(), 0, 0, 0, final=True)
     )
     return Blobs(encode_part(structure), encode_part(market), meta_blob, revision)
 

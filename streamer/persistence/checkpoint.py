@@ -23,6 +23,7 @@ class Meta(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     market_now: int  # the pipeline's market clock (data clock: the newest tick)
     structure_bytes: int
     market_bytes: int
+    final: bool = False  # the last checkpoint of a clean shutdown (nothing runs after it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,7 @@ class Checkpointer:
     def structure_changed(self) -> bool:
         return self._state.revision != self.durable_revision
 
-    def take(self, wall_ns: int, market_now: int) -> Blobs:
+    def take(self, wall_ns: int, market_now: int, final: bool = False) -> Blobs:
         state = self._state
         structure = None
         if state.revision != self.durable_revision:
@@ -89,6 +90,7 @@ class Checkpointer:
             market_now=market_now,
             structure_bytes=len(structure) if structure is not None else -1,
             market_bytes=len(market),
+            final=final,
         )
         return Blobs(structure, market, _meta_encoder.encode(meta), state.revision)
 
@@ -109,6 +111,7 @@ class Checkpoints:
 
     inline = True
     enabled = False
+    closing = False  # set for the final cycle of a clean shutdown
 
     def take(self, force: bool) -> Blobs | None:
         return None
@@ -138,7 +141,7 @@ class InlineCheckpoints(Checkpoints):
     def take(self, force: bool) -> Blobs | None:
         now = self._wall()
         if force or self.checkpointer.due(now):
-            return self.checkpointer.take(now, self._market_now())
+            return self.checkpointer.take(now, self._market_now(), final=self.closing)
         return None
 
     def committed(self, blobs: Blobs) -> None:

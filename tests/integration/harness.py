@@ -151,7 +151,13 @@ def http_get(url: str) -> tuple[int, str]:
 class ServiceProcess:
     """``streamer run --config PATH`` as a subprocess with JSON logs captured to a file."""
 
-    def __init__(self, config_path: Path, metrics_url: str, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        config_path: Path,
+        metrics_url: str,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ):
         self.metrics_url = metrics_url
         self.log_path = config_path.parent / "service.log"
         self._log = self.log_path.open("ab")  # a restarted service adds to the same log
@@ -161,7 +167,11 @@ class ServiceProcess:
         )
         environment.update(env or {})
         self.process = subprocess.Popen(
-            [*streamer_command(), "--log-format", "json", "run", "--config", str(config_path)],
+            [
+                *streamer_command(),
+                *("--log-format", "json", "run", "--config", str(config_path)),
+                *args,
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=environment,
