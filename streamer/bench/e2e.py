@@ -577,10 +577,18 @@ def _histogram_ms(histogram: Histogram) -> dict[str, float | None]:
 class E2eBench:
     """One benchmark run; ``run`` returns the report.  ``say`` narrates progress."""
 
-    def __init__(self, settings: Settings, plan: Plan, say: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        plan: Plan,
+        say: Callable[[str], None],
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        """``extra_env``: more STREAMER_* settings for the service under test."""
         self.settings = settings
         self.plan = plan
         self.say = say
+        self.extra_env = extra_env or {}
         self.universe = FeedUniverse.from_settings(settings)
 
     def run(self, quick: bool) -> E2eReport:
@@ -600,6 +608,7 @@ class E2eBench:
                     "STREAMER_REDIS_URL": redis_server.url,
                     "STREAMER_METRICS_LISTEN": listen,
                     "STREAMER_PUBLISH_INTERVAL_MS": "0",
+                    **self.extra_env,
                 }
             )
             service = ChildProcess(

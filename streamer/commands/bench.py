@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks: `kernel` (the pure engine) and `e2e` (broker -> service -> Redis)"
+HELP = "benchmarks: `kernel` (the pure engine), `e2e` (broker -> service -> Redis), `state`"
 
-_TARGETS = {"kernel": "streamer.bench.kernel", "e2e": "streamer.bench.e2e"}
+_TARGETS = {
+    "kernel": "streamer.bench.kernel",
+    "e2e": "streamer.bench.e2e",
+    "state": "streamer.bench.state",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -475,9 +475,10 @@ class Universe:
         self._rebuild()
 
     def member_columns(self) -> dict[str, npt.NDArray[np.generic]]:
-        """Every entry's stored columns (FX slots are derived, so left out)."""
+        """Every entry's stored columns (FX slots are derived, so left out): the live
+        arrays, not copies (a checkpoint turns them into bytes at once); copy to keep."""
         m = self.members
-        return {name: getattr(m, name).copy() for name in MEMBER_COLUMNS if name != "fx_slot"}
+        return {name: getattr(m, name) for name in MEMBER_COLUMNS if name != "fx_slot"}
 
     def _requote(self, rows: I64, share_scale: float) -> None:
         m = self.members

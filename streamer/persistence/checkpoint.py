@@ -60,7 +60,7 @@ class Checkpointer:
         interval_ns: int,
     ) -> None:
         self._state = state
-        self._definitions = list(definitions)
+        self._identities = snapshot.identities(definitions)
         self.interval_ns = interval_ns
         self.durable_revision = -1  # revision of the last structure made durable
         self.last_taken_ns = 0  # wall clock of the last checkpoint made durable
@@ -81,7 +81,7 @@ class Checkpointer:
         state = self._state
         structure = None
         if state.revision != self.durable_revision:
-            structure = snapshot.encode_part(snapshot.structure(state, self._definitions))
+            structure = snapshot.encode_part(snapshot.structure(state, self._identities))
         market = snapshot.encode_part(snapshot.market(state))
         meta = Meta(
             format=META_FORMAT,
