@@ -13,8 +13,10 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import paho.mqtt.client as mqtt
@@ -24,7 +26,7 @@ import redis
 from streamer.localservices import LocalMosquitto, LocalRedis
 from streamer.mqtt.codec import publish_packet
 from streamer.tools.mqtt_publisher import BrokerEndpoint, MqttPublisher
-from tests.conftest import write_service_config
+from tests.conftest import ServiceConfig, write_service_config
 from tests.integration.harness import (
     Feed,
     ServiceProcess,
@@ -58,6 +60,24 @@ def events(service: ServiceProcess, name: str) -> list[dict[str, object]]:
 def servers() -> Iterator[tuple[LocalMosquitto, LocalRedis]]:
     with LocalMosquitto() as broker, LocalRedis() as store:
         yield broker, store
+
+
+@contextmanager
+def running(
+    servers: tuple[LocalMosquitto, LocalRedis], tmp_path: Path, **sections: dict[str, Any]
+) -> Iterator[tuple[ServiceConfig, ServiceProcess, Store, Feed]]:
+    """The service on the fixtures' servers, connected, its seed prices published."""
+    broker, store_server = servers
+    config = write_service_config(tmp_path, broker.url, store_server.url, None, **sections)
+    service = ServiceProcess(config.path, config.metrics_url)
+    store, feed = Store(store_server.url), Feed(broker.port)
+    try:
+        service.wait_connected()
+        seed(feed, store)
+        yield config, service, store, feed
+    finally:
+        feed.close()
+        service.kill()
 
 
 HOSTILE = {
@@ -114,21 +134,12 @@ def test_retained_poison_payloads_are_counted_across_restarts(
 def test_a_far_future_tick_never_blocks_a_symbol(
     servers: tuple[LocalMosquitto, LocalRedis], tmp_path: Path
 ) -> None:
-    broker, store_server = servers
-    config = write_service_config(tmp_path, broker.url, store_server.url)
-    service = ServiceProcess(config.path, config.metrics_url)
-    store, feed = Store(store_server.url), Feed(broker.port)
-    try:
-        service.wait_connected()
-        seed(feed, store)
+    with running(servers, tmp_path) as (config, _, store, feed):
         feed.tick("AAA", 102.0, ts=9_200_000_000_000_000_000)  # the year 2261
         feed.tick("AAA", 103.0, ts=time.time_ns())
         wait_for(lambda: px3_is(store, (103 + 75) * 2.0), what="103")
         samples = scrape(config.metrics_url)
         assert metric(samples, "streamer_ticks_total", outcome="rejected", reason="future_ts") == 1
-    finally:
-        feed.close()
-        service.kill()
 
 
 def test_wrong_credentials_are_said_clearly(tmp_path: Path) -> None:
@@ -201,14 +212,8 @@ def test_another_client_with_our_id_is_detected_and_backed_off(
 def test_redis_refusing_writes_is_backed_off_shown_and_recovered(
     servers: tuple[LocalMosquitto, LocalRedis], tmp_path: Path, fault: str
 ) -> None:
-    broker, store_server = servers
-    config = write_service_config(tmp_path, broker.url, store_server.url)
-    service = ServiceProcess(config.path, config.metrics_url)
-    store, feed = Store(store_server.url), Feed(broker.port)
-    admin = redis.Redis.from_url(store_server.url)
-    try:
-        service.wait_connected()
-        seed(feed, store)
+    admin = redis.Redis.from_url(servers[1].url)
+    with running(servers, tmp_path) as (config, service, store, feed):
         if fault == "oom":
             admin.config_set("maxmemory-policy", "noeviction")
             admin.config_set("maxmemory", 1)
@@ -237,43 +242,26 @@ def test_redis_refusing_writes_is_backed_off_shown_and_recovered(
                  timeout=15, what="levels again after recovery")  # fmt: skip
         samples = scrape(config.metrics_url)
         assert metric(samples, "streamer_redis_state", state="connected") == 1
-    finally:
-        feed.close()
-        service.kill()
 
 
-def test_a_dead_feed_shows_in_redis(tmp_path: Path) -> None:
-    with LocalMosquitto() as broker, LocalRedis() as store_server:
-        config = write_service_config(
-            tmp_path, broker.url, store_server.url, quality={"stale_after_s": 1.0}
-        )
-        service = ServiceProcess(config.path, config.metrics_url)
-        store, feed = Store(store_server.url), Feed(broker.port)
-        try:
-            service.wait_connected()
-            seed(feed, store)
-            assert store.hget("test:index:PX3", "coverage") == "1.0"
-            # No tick after this: nothing moves, but staleness must still reach Redis.
-            wait_for(lambda: store.hget("test:index:PX3", "stale") == "3", timeout=10,
-                     what="PX3 to show its 3 constituents stale")  # fmt: skip
-            assert store.hget("test:index:PX3", "coverage") == "0.0"
-            messages = [fields for _, fields in store.xrange("test:history:PX3")]
-            assert messages[-1]["stale"] == "3"
-        finally:
-            feed.close()
-            service.kill()
+def test_a_dead_feed_shows_in_redis(
+    servers: tuple[LocalMosquitto, LocalRedis], tmp_path: Path
+) -> None:
+    with running(servers, tmp_path, quality={"stale_after_s": 1.0}) as (_, _, store, _):
+        assert store.hget("test:index:PX3", "coverage") == "1.0"
+        # No tick after this: nothing moves, but staleness must still reach Redis.
+        wait_for(lambda: store.hget("test:index:PX3", "stale") == "3", timeout=10,
+                 what="PX3 to show its 3 constituents stale")  # fmt: skip
+        assert store.hget("test:index:PX3", "coverage") == "0.0"
+        messages = [fields for _, fields in store.xrange("test:history:PX3")]
+        assert messages[-1]["stale"] == "3"
 
 
 def test_a_backlog_is_read_fast_and_levels_catch_up_with_the_newest_prices(
     servers: tuple[LocalMosquitto, LocalRedis], tmp_path: Path
 ) -> None:
-    broker, store_server = servers
-    config = write_service_config(tmp_path, broker.url, store_server.url)
-    service = ServiceProcess(config.path, config.metrics_url)
-    store, feed = Store(store_server.url), Feed(broker.port)
-    try:
-        service.wait_connected()
-        seed(feed, store)
+    broker = servers[0]
+    with running(servers, tmp_path) as (config, service, store, _):
         # The service stops reading (as if far too slow) while the feed sends 150,000
         # single-tick messages: the backlog piles up in the broker and the socket.
         service.process.send_signal(signal.SIGSTOP)
@@ -307,21 +295,12 @@ def test_a_backlog_is_read_fast_and_levels_catch_up_with_the_newest_prices(
         assert counted >= n  # every message read and accounted for
         wait_for(lambda: metric(scrape(config.metrics_url), "streamer_ingest_lag_seconds") < 5,
                  timeout=10, what="the ingest lag to come down")  # fmt: skip
-    finally:
-        feed.close()
-        service.kill()
 
 
 def test_rejected_actions_and_references_are_counted(
     servers: tuple[LocalMosquitto, LocalRedis], tmp_path: Path
 ) -> None:
-    broker, store_server = servers
-    config = write_service_config(tmp_path, broker.url, store_server.url)
-    service = ServiceProcess(config.path, config.metrics_url)
-    store, feed = Store(store_server.url), Feed(broker.port)
-    try:
-        service.wait_connected()
-        seed(feed, store)
+    with running(servers, tmp_path) as (config, service, _, feed):
         for k in range(50):  # logged at a throttled rate, counted every time
             feed.control({"action": "split", "id": f"s{k}", "symbol": "NOPE", "ratio": 2.0})
         feed.send("reference/x", b'{"index": "NOPE", "level": 1.0}')
@@ -332,9 +311,6 @@ def test_rejected_actions_and_references_are_counted(
         assert metric(samples, "streamer_references_total", outcome="rejected",
                       reason="unknown_index") == 1  # fmt: skip
         assert len(events(service, "action not applied")) <= 2
-    finally:
-        feed.close()
-        service.kill()
 
 
 def test_an_action_sent_while_the_broker_and_the_service_were_down_is_applied_once(
