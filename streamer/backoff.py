@@ -1,7 +1,8 @@
-"""Jittered exponential delays between attempts to reach a server."""
+"""Retrying a server: jittered exponential delays, and a loop that can still be stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 
@@ -23,3 +24,13 @@ class Backoff:
 
     def reset(self) -> None:
         self._attempt = 0
+
+
+def reraise_if_cancelled() -> None:
+    """Call in an ``except OSError`` (or wider) of a retry loop.  On Python 3.11 a
+    cancellation that lands inside redis-py's own timeout can come out as TimeoutError (an
+    OSError); a loop that catches it would go on forever and the service could never stop.
+    The task's pending cancellation tells the truth."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from streamer.engine import BatchResult, Engine
-from streamer.engine.arrays import MAX_TS
 from streamer.ingest import Inbound, MessageRouter, TickQueue
 from streamer.logs import ThrottledLog
 from streamer.mqtt.codec import RawMessage
@@ -155,12 +154,3 @@ class Pipeline:
             self.outbox.add(
                 result.changed, result.audit, receipts if result.changed else (), result.closes
             )
-
-
-def offline(engine: Engine, outbox: Outbox | None = None, batch_max: int = 10_000) -> Pipeline:
-    """A pipeline for recorded data (``calc``): the market clock follows the data, and there
-    is no receipt time to refuse future stamps against."""
-    return Pipeline(engine, outbox or Outbox(), batch_max=batch_max, clock="data")
-
-
-OFFLINE_RECEIPT = MAX_TS

@@ -33,7 +33,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from streamer.backoff import Backoff
+from streamer.backoff import Backoff, reraise_if_cancelled
 from streamer.engine import AuditRecord, SeriesLevel
 from streamer.engine.results import CloseRecord
 from streamer.errors import StreamerError
@@ -711,7 +711,7 @@ class PublishLoop:
                 if not self.publisher.sequences_loaded:
                     await self.publisher.load_sequences(self._all_series())
             except (RedisError, OSError, PublishError) as exc:
-                _reraise_if_cancelled()
+                reraise_if_cancelled()
                 self._metrics.redis_errors.inc()
                 self._set_state("unreachable", str(exc)[:200])
                 await asyncio.sleep(self._backoff.next())
@@ -726,12 +726,3 @@ class PublishLoop:
 
     def _all_series(self) -> list[str]:
         return [level.series for level in self._levels(None)]
-
-
-def _reraise_if_cancelled() -> None:
-    """On Python 3.11 a cancellation that lands inside redis-py's own timeout can come out as
-    TimeoutError (an OSError); a loop catching OSError would then go on forever and the
-    service could never stop.  The task's pending cancellation tells the truth."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

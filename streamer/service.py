@@ -35,7 +35,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from streamer.backoff import Backoff
+from streamer.backoff import Backoff, reraise_if_cancelled
 from streamer.config import RedisSettings, Settings, redact_url
 from streamer.endpoints import parse_listen_address
 from streamer.engine import BatchResult, Engine, SeriesLevel
@@ -257,7 +257,7 @@ class Service:
                 ]
                 return parse_stored(structure, market, meta)
             except (RedisError, OSError) as exc:
-                _reraise_if_cancelled()
+                reraise_if_cancelled()
                 self.metrics.redis_errors.inc()
                 now = time.monotonic()
                 if waiting_since is None or now - waiting_since > 60:
@@ -708,13 +708,6 @@ class Service:
                 return "503 Service Unavailable", text, ("; ".join(problems) + "\n").encode()
             return "200 OK", text, b"ready\n"
         return "404 Not Found", text, b"not found\n"
-
-
-def _reraise_if_cancelled() -> None:
-    """See ``publish._reraise_if_cancelled``: a cancellation that came out as an OSError."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def run_service(settings: Settings, reset_indices: Iterable[str] = ()) -> int:
