@@ -165,6 +165,15 @@ class Engine:
             returns=ReturnsBook(n),
             agenda=Agenda(),
         )
+        # The state's parts under the names the engine uses: the same objects (the state
+        # object and these parts are never replaced while the engine lives), as plain
+        # attributes because the per-tick path reads them (a property costs a call).
+        self.universe: Universe = self.state.universe
+        self.divisor: F64 = self.state.divisor
+        self.returns: ReturnsBook = self.state.returns
+        self.agenda: Agenda = self.state.agenda
+        self.references = self.state.references
+        self.cursors = self.state.cursors
         # ---- derived
         self.sums: F64 = np.zeros(n)
         self.missing: I64 = np.zeros(n, dtype=np.int64)
@@ -220,34 +229,9 @@ class Engine:
             self._schedule_restored_closes()
             self._establish(np.arange(self.n_indices))  # indices the config added
 
-    # The parts of the state, under the names the rest of the engine uses.
-    @property
-    def universe(self) -> Universe:
-        return self.state.universe
-
-    @property
-    def divisor(self) -> F64:
-        return self.state.divisor
-
-    @property
-    def returns(self) -> ReturnsBook:
-        return self.state.returns
-
-    @property
-    def agenda(self) -> Agenda:
-        return self.state.agenda
-
     @property
     def applied(self) -> dict[str, int]:
         return self.state.applied
-
-    @property
-    def references(self) -> dict[str, tuple[float, int]]:
-        return self.state.references
-
-    @property
-    def cursors(self) -> dict[str, Cursor]:
-        return self.state.cursors
 
     @property
     def revision(self) -> int:
@@ -403,9 +387,11 @@ class Engine:
             self._row_version = self.universe.version
         if self.sessions is not None:
             self._follow_sessions(now)
-        # Clamped: an offline run passes no receipt time (the largest one).
-        future_limit = min(received + self.max_future_ns, MAX_TS)
-        return Screen(self.band, now, future_limit, self.reset_gap_ns, BatchResult())
+        future_limit = received + self.max_future_ns
+        if future_limit > MAX_TS:  # int64 arrays compare against it
+            future_limit = MAX_TS
+        result = BatchResult()
+        return Screen(self.band, now, future_limit, self.reset_gap_ns, result, result.outcomes)
 
     def _quiet_until(
         self, now: int, ticks: Sequence[Tick] | I64, fx: Sequence[FxRate] = ()

@@ -371,3 +371,32 @@ def test_a_broker_that_lost_our_session_is_said_loudly(tmp_path: Path) -> None:
                      timeout=20, what="the lost session")  # fmt: skip
         finally:
             service.kill()
+
+
+def test_an_action_acknowledged_while_the_service_reconnects_is_applied(tmp_path: Path) -> None:
+    # The red team's case: a split and a special dividend sent at QoS 1 and acknowledged by
+    # the broker shortly before the service resubscribed after a broker restart.
+    with LocalMosquitto(persistent=True) as broker, LocalRedis() as store_server:
+        config = write_service_config(tmp_path, broker.url, store_server.url)
+        store = Store(store_server.url)
+        service = ServiceProcess(config.path, config.metrics_url)
+        try:
+            service.wait_connected()
+            feed = Feed(broker.port)
+            seed(feed, store)
+            feed.close()
+            broker.restart()  # the service sees it go and reconnects with backoff
+            operator = Feed(broker.port)  # at once, before the service is back
+            operator.control({"action": "split", "id": "split-a", "symbol": "AAA", "ratio": 2.0})
+            operator.control(
+                {"action": "special_dividend", "id": "sd-b", "symbol": "BBB", "amount": 5.0}
+            )
+            operator.close()
+            wait_for(lambda: store.xlen("test:actions") == 3, timeout=20,
+                     what="the split (2 indices) and the special dividend")  # fmt: skip
+            # PX3: S 175 -> 125 after the split, then 125 -> 120 after the dividend.
+            divisor = float(store.hget("test:index:PX3", "divisor") or 0)
+            assert divisor == pytest.approx(0.5 * 125 / 175 * 120 / 125)
+            assert px3_is(store, 350.0)
+        finally:
+            service.kill()
