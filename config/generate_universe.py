@@ -475,7 +475,7 @@ topics = ["ticks/#", "fx/#", "control/#", "reference/#"]
 [redis]
 url = "redis://127.0.0.1:6379/0"    # rediss:// for TLS
 prefix = "streamer"
-history_maxlen = 100000             # approximate cap of each history stream
+actions_maxlen = 100000             # approximate cap of the audit stream P:actions
 
 [metrics]
 listen = "127.0.0.1:9108"           # Prometheus /metrics

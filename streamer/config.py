@@ -47,7 +47,7 @@ MAX_CLIENT_ID_LENGTH = 128
 # field stops at 268,435,455 bytes, so no payload can be larger.
 MQTT_MAX_STRING_BYTES = 65_535
 MQTT_MAX_PACKET_BYTES = 268_435_455
-# history_maxlen goes to Redis as XADD MAXLEN, a signed 64-bit integer.
+# actions_maxlen goes to Redis as XADD MAXLEN, a signed 64-bit integer.
 REDIS_MAX_INTEGER = 2**63 - 1
 # Durations become int64 nanoseconds in the engine (which ends after 292 years); a century
 # is far beyond any sane setting and well inside that.
@@ -121,7 +121,8 @@ class MqttSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 class RedisSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "streamer"
-    history_maxlen: int = 100_000
+    # Entries kept in the audit stream P:actions (XADD MAXLEN ~).
+    actions_maxlen: int = 100_000
     password: str | None = None
 
     def __repr__(self) -> str:
@@ -133,7 +134,21 @@ class MetricsSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only
 
 
 class PublishSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # 0: every change (conflated per micro-batch); > 0: every series on a fixed timer.
     interval_ms: int = 0
+    # Per series, at most one publish per this many ms: the newest level always goes out
+    # within it (what dashboards and desks want, and what keeps Redis's work per second
+    # independent of how often each series moves).
+    min_interval_ms: int = 0
+    # Per series, at most one raw history entry per this many ms (0: every publish).
+    history_interval_ms: int = 1000
+    # Raw history and minute bars are trimmed by time (XADD MINID): this much is kept.
+    history_retention_s: float = 86_400.0
+    bars_retention_s: float = 172_800.0
+    # The memory all history streams may take together (an estimate from their entry sizes):
+    # with many series the effective history interval grows and bar retention shrinks so that
+    # the total stays within it, whatever the series count.
+    history_memory_mb: float = 1024.0
 
 
 class QualitySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -269,6 +284,14 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     cfg_path = Path(path)
     raw = _parse_toml(cfg_path)
     source = _SettingsSource(cfg_path, _apply_env_overrides(raw, environ, cfg_path))
+    redis_section = raw.get("redis")
+    if isinstance(redis_section, dict) and "history_maxlen" in redis_section:
+        raise source.error(
+            "redis.history_maxlen",
+            "no longer used: history is trimmed by time ([publish] history_retention_s, "
+            "bars_retention_s, history_memory_mb); the audit stream's cap is "
+            "[redis] actions_maxlen",
+        )
     try:
         parsed = msgspec.convert(raw, _SettingsFile, str_keys=True)
     except msgspec.ValidationError as exc:
@@ -502,12 +525,23 @@ def _validate_settings(s: _SettingsFile, source: _SettingsSource) -> None:
         raise source.error(
             "redis.prefix", f"must not contain whitespace or control characters: {s.redis.prefix!r}"
         )
-    check("redis.history_maxlen", _integer_problem(s.redis.history_maxlen, 1, REDIS_MAX_INTEGER))
+    check("redis.actions_maxlen", _integer_problem(s.redis.actions_maxlen, 1, REDIS_MAX_INTEGER))
     check_endpoint("metrics.listen", parse_listen_address, s.metrics.listen)
     check(
         "publish.interval_ms",
         _integer_problem(s.publish.interval_ms, 0, MAX_PUBLISH_INTERVAL_MS),
     )
+    check(
+        "publish.min_interval_ms",
+        _integer_problem(s.publish.min_interval_ms, 0, MAX_PUBLISH_INTERVAL_MS),
+    )
+    check(
+        "publish.history_interval_ms",
+        _integer_problem(s.publish.history_interval_ms, 0, MAX_PUBLISH_INTERVAL_MS),
+    )
+    check("publish.history_retention_s", _duration_problem(s.publish.history_retention_s))
+    check("publish.bars_retention_s", _duration_problem(s.publish.bars_retention_s))
+    check("publish.history_memory_mb", _number_problem(s.publish.history_memory_mb, above=0.0))
     check("quality.max_move_pct", _number_problem(s.quality.max_move_pct, above=0.0))
     check("quality.stale_after_s", _duration_problem(s.quality.stale_after_s))
     check("quality.max_future_s", _duration_problem(s.quality.max_future_s))

@@ -1,34 +1,42 @@
-"""One Redis connection carrying several commands at once, their replies matched in order.
+"""One Redis connection carrying many commands at once, their replies matched in order.
 
-redis-py's client holds a connection until the reply of its command has come back, so a
-publish cycle ready while the previous one is on its way waits a whole round trip (on a
-small VM a round trip is two CPU wake-ups, 0.3-0.6 ms).  Redis answers the commands of one
-connection in the order it received them, so a command can be written the moment it is
-ready and its reply found by position: this is the pipelining of RESP itself.
+Redis answers the commands of one connection in the order it received them, so a request
+can be written the moment it is ready and its replies found by position: this is the
+pipelining of RESP itself.  A request is one or more packed commands and says how many
+replies it expects (a MULTI transaction of N commands answers N + 2); its future resolves
+with the last reply once all have come, or fails with the first error reply among them.
 
-The connection is made by redis-py from the client's pool settings (host, TLS, AUTH, SELECT,
-protocol handshake); this module only writes packed commands and reads replies in a task of
-its own.  Any failure fails every command in flight and closes the pipe; the next ``open``
-starts a fresh connection.
+Replies are parsed by hiredis (``hiredis.Reader``, C) straight off the socket: redis-py's
+asyncio reader costs 6.2 us per reply against hiredis's 0.7 us (measured on this project's
+machine, 30,000 replies), and a publish transaction of 10,000 series returns 20,000 of them.
+What is written here by hand is only the connection: TCP or TLS, AUTH and SELECT.  Any failure
+fails every request in flight and closes the pipe; the next ``open`` starts a fresh
+connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+import hiredis
 
+from streamer.endpoints import RedisEndpoint
 from streamer.errors import StreamerError
+
+_READ_CHUNK = 1 << 20
+CONNECT_TIMEOUT_S = 2.0
 
 
 class PipeError(StreamerError):
-    """The pipe failed (connection lost, refused, or an error reply)."""
+    """The pipe failed (connection lost or refused, or an error reply)."""
 
 
 class ReplyError(PipeError):
@@ -37,8 +45,8 @@ class ReplyError(PipeError):
 
 
 class Reply(NamedTuple):
-    value: Any
-    received_ns: int  # clock at the reply's arrival: the command's acknowledgement
+    value: Any  # the last reply of the request
+    received_ns: int  # clock at its arrival: the request's acknowledgement
 
 
 def pack(*args: bytes) -> bytes:
@@ -49,109 +57,159 @@ def pack(*args: bytes) -> bytes:
     return b"".join(parts)
 
 
-class CommandPipe:
-    """Packed commands written as they come on one connection; a reader task resolves each
-    command's future with its reply, in order."""
+@dataclass(slots=True)
+class _Pending:
+    future: asyncio.Future[Reply]
+    remaining: int
+    error: str | None = None
+    replies: list[Any] = field(default_factory=list)
 
-    def __init__(self, client: aioredis.Redis, clock: Callable[[], int] = time.time_ns) -> None:
-        self._client = client
+
+class CommandPipe:
+    """Packed requests written as they come on one connection; a reader task resolves each
+    request's future with its last reply, in order."""
+
+    def __init__(self, endpoint: RedisEndpoint, clock: Callable[[], int] = time.time_ns) -> None:
+        self._endpoint = endpoint
         self._clock = clock
-        self._connection: Any = None
-        self._reader: asyncio.Task[None] | None = None
-        self._waiting: deque[asyncio.Future[Reply]] = deque()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._waiting: deque[_Pending] = deque()
         self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def is_open(self) -> bool:
-        return self._connection is not None
+        return self._writer is not None
 
     async def open(self) -> None:
-        pool = self._client.connection_pool
-        # No socket timeout: a reply is awaited by the reader task for as long as it takes;
-        # the caller bounds how long it waits for each one.
-        connection: Any = pool.connection_class(
-            **{**pool.connection_kwargs, "socket_timeout": None}
+        endpoint = self._endpoint
+        context = ssl.create_default_context() if endpoint.tls else None
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                reader, writer = await asyncio.open_connection(
+                    endpoint.host,
+                    endpoint.port,
+                    ssl=context,
+                    server_hostname=endpoint.host if context else None,
+                )
+                sock = writer.get_extra_info("socket")
+                if sock is not None:  # small cycles must not wait for Nagle
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                hello = []
+                if endpoint.password is not None:
+                    user = [endpoint.username.encode()] if endpoint.username else []
+                    hello.append(pack(b"AUTH", *user, endpoint.password.encode()))
+                if endpoint.db:
+                    hello.append(pack(b"SELECT", b"%d" % endpoint.db))
+                if hello:
+                    writer.write(b"".join(hello))
+                    parser = hiredis.Reader()
+                    answered = 0
+                    while answered < len(hello):
+                        data = await reader.read(_READ_CHUNK)
+                        if not data:
+                            raise PipeError("connection closed during the handshake")
+                        parser.feed(data)
+                        while (value := parser.gets()) is not False:
+                            answered += 1
+                            if isinstance(value, hiredis.ReplyError):
+                                raise PipeError(_text(value))
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise PipeError(f"{endpoint.display}: {exc or type(exc).__name__}") from exc
+        self._writer = writer
+        self._reader_task = asyncio.create_task(
+            self._read(reader, writer), name="redis-pipe-reader"
         )
-        try:
-            await connection.connect()
-        except (RedisError, OSError) as exc:
-            with contextlib.suppress(Exception):
-                await connection.disconnect(nowait=True)
-            raise PipeError(str(exc) or type(exc).__name__) from exc
-        self._connection = connection
-        self._reader = asyncio.create_task(self._read(connection), name="redis-pipe-reader")
 
-    async def send(self, command: bytes) -> asyncio.Future[Reply]:
-        """Write one packed command; the future resolves with its reply (or fails)."""
-        connection = self._connection
-        if connection is None:
+    async def send(self, command: bytes, replies: int = 1) -> asyncio.Future[Reply]:
+        """Write one request (``replies`` replies expected); the future resolves with its
+        last reply, or fails with the first error reply or a lost connection."""
+        writer = self._writer
+        if writer is None:
             raise PipeError("the pipe is not open")
-        reply = asyncio.get_running_loop().create_future()
-        self._waiting.append(reply)  # before writing: the reader matches replies by position
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Pending(future, replies))  # before writing: matched by position
         try:
-            await connection.send_packed_command(command, check_health=False)
-        except (RedisError, OSError) as exc:
-            await _disconnect(self._fail(PipeError(str(exc) or type(exc).__name__)))
-        return reply
+            writer.write(command)
+            if writer.transport.get_write_buffer_size() > 4 * _READ_CHUNK:
+                await writer.drain()
+        except (OSError, RuntimeError) as exc:
+            self._lost(writer, PipeError(str(exc) or type(exc).__name__))
+        return future
 
-    async def call(self, command: bytes) -> Reply:
-        """Write one command and wait for its reply."""
-        return await (await self.send(command))
+    async def call(self, command: bytes, replies: int = 1) -> Reply:
+        """Write one request and wait for its replies."""
+        return await (await self.send(command, replies))
 
-    async def _read(self, connection: Any) -> None:
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = hiredis.Reader()
+        waiting = self._waiting
         try:
             while True:
-                try:
-                    value = await connection.read_response()
-                except ResponseError as exc:  # an error reply: it answers one command
-                    value = exc
-                received_ns = self._clock()
-                if not self._waiting:
-                    raise PipeError("a reply that no command asked for")
-                reply = self._waiting.popleft()
-                if reply.done():
-                    continue
-                if isinstance(value, ResponseError):
-                    reply.set_exception(ReplyError(str(value)))
-                else:
-                    reply.set_result(Reply(value, received_ns))
+                data = await reader.read(_READ_CHUNK)
+                if not data:
+                    raise PipeError("connection closed by redis")
+                parser.feed(data)
+                while (value := parser.gets()) is not False:
+                    if not waiting:
+                        raise PipeError("a reply that no request asked for")
+                    pending = waiting[0]
+                    if isinstance(value, hiredis.ReplyError) and pending.error is None:
+                        pending.error = _text(value)
+                    pending.remaining -= 1
+                    if pending.remaining:
+                        continue
+                    waiting.popleft()
+                    if pending.future.done():
+                        continue
+                    if pending.error is not None:
+                        pending.future.set_exception(ReplyError(pending.error))
+                    else:
+                        pending.future.set_result(Reply(value, self._clock()))
         except asyncio.CancelledError:
             raise
-        except (RedisError, OSError, PipeError) as exc:
-            if self._connection is not connection:
-                return  # an old connection's reader: its commands were failed already
+        except (OSError, PipeError, hiredis.ProtocolError) as exc:
             error = exc if isinstance(exc, PipeError) else PipeError(str(exc) or "connection lost")
-            await _disconnect(self._fail(error))
+            self._lost(writer, error)
 
-    def _fail(self, error: PipeError) -> Any:
-        """Fail every command in flight and drop the connection (returned, to be closed)."""
+    def _lost(self, writer: asyncio.StreamWriter, error: PipeError) -> None:
+        if self._writer is not writer:
+            return  # an old connection: its requests were failed already
+        self._fail(error)
+
+    def _fail(self, error: PipeError) -> None:
+        """Fail every request in flight and drop the connection."""
         while self._waiting:
-            reply = self._waiting.popleft()
-            if not reply.done():
-                reply.set_exception(error)
-        connection, self._connection = self._connection, None
-        reader, self._reader = self._reader, None
+            pending = self._waiting.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        writer, self._writer = self._writer, None
+        reader, self._reader_task = self._reader_task, None
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
-        return connection
-
-    def abort(self, reason: str) -> None:
-        """Give up on the commands in flight (e.g. Redis stopped answering)."""
-        connection = self._fail(PipeError(reason))
-        if connection is not None:
-            closing = asyncio.create_task(_disconnect(connection), name="redis-pipe-close")
+        if writer is not None:
+            closing = asyncio.ensure_future(_close(writer))
             self._closing.add(closing)  # a reference until done: tasks are weakly held
             closing.add_done_callback(self._closing.discard)
 
+    def abort(self, reason: str) -> None:
+        """Give up on the requests in flight (e.g. Redis stopped answering)."""
+        self._fail(PipeError(reason))
+
     async def close(self) -> None:
-        reader = self._reader
-        connection = self._fail(PipeError("closed"))
+        reader = self._reader_task
+        self._fail(PipeError("closed"))
         if reader is not None:
             await asyncio.wait([reader])
-        await _disconnect(connection)
+        if self._closing:
+            await asyncio.wait(list(self._closing))
 
 
-async def _disconnect(connection: Any) -> None:
-    if connection is not None:
-        with contextlib.suppress(RedisError, OSError):
-            await connection.disconnect(nowait=True)
+def _text(error: Exception) -> str:
+    return str(error) or type(error).__name__
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError):
+        await writer.wait_closed()

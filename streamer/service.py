@@ -37,7 +37,7 @@ from redis.retry import Retry
 
 from streamer.backoff import Backoff, reraise_if_cancelled
 from streamer.config import RedisSettings, Settings, redact_url
-from streamer.endpoints import parse_listen_address
+from streamer.endpoints import parse_listen_address, parse_redis_url
 from streamer.engine import BatchResult, Engine, SeriesLevel
 from streamer.engine.snapshot import restore
 from streamer.errors import StateError, StreamerError
@@ -45,6 +45,7 @@ from streamer.ingest import CONFLATED, INBOX_FULL, RawInbox
 from streamer.ingest.transport import MqttIngest
 from streamer.logs import ThrottledLog
 from streamer.metrics import Metrics
+from streamer.outputs import directory
 from streamer.persistence.checkpoint import (
     Checkpointer,
     Checkpoints,
@@ -53,7 +54,7 @@ from streamer.persistence.checkpoint import (
 )
 from streamer.persistence.stores import DirectoryStore, Stored, parse_stored, state_keys
 from streamer.pipeline import Pipeline, Step
-from streamer.publish import Outbox, PublishLoop, RedisPublisher
+from streamer.publish import Outbox, PublishLoop, RedisPublisher, history_policy
 from streamer.sessions import session_rules
 
 log = logging.getLogger("streamer.service")
@@ -115,7 +116,13 @@ class Service:
         self.outbox = Outbox()
         self.redis = redis_client(settings.redis)
         self.publisher = RedisPublisher(
-            self.redis, settings.redis.prefix, settings.redis.history_maxlen, clock
+            parse_redis_url(settings.redis.url, settings.redis.password),
+            settings.redis.prefix,
+            settings.redis.actions_maxlen,
+            clock,
+            history_policy(settings.publish).for_series(
+                sum(len(d.variants) for d in settings.indices)
+            ),
         )
         state = settings.state
         self.directory = DirectoryStore(state.directory) if state.store == "directory" else None
@@ -169,9 +176,20 @@ class Service:
             self.outbox,
             self.metrics,
             interval_ms=self.settings.publish.interval_ms,
+            min_interval_ms=self.settings.publish.min_interval_ms,
             clock=self.clock,
             checkpoints=self.checkpoints,
             on_durable=self.mqtt_ack,
+            directory=self._directory,
+        )
+
+    def _directory(self) -> dict[str, bytes]:
+        engine = self.engine
+        return directory(
+            engine.definitions,
+            engine.member_counts(),
+            engine.calendar_of,
+            self.publisher.keys.of,
         )
 
     def _levels(self, series: Iterable[str] | None) -> list[SeriesLevel]:

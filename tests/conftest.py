@@ -87,9 +87,9 @@ def write_service_config(
     metrics_port = free_port()
     tables: dict[str, dict[str, Any]] = {
         "mqtt": {"url": mqtt_url, "client_id": f"streamer-test-{metrics_port}"},
-        "redis": {"url": redis_url, "prefix": "test", "history_maxlen": 1000},
+        "redis": {"url": redis_url, "prefix": "test", "actions_maxlen": 1000},
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
-        "publish": {"interval_ms": 0},
+        "publish": {"interval_ms": 0, "history_interval_ms": 0, "history_retention_s": 60.0},
         "ingest": {"recompute_interval_s": 1.0},
     }
     for name, values in sections.items():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -15,6 +14,7 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 
 from streamer.config import load_settings, redact_url
+from streamer.outputs import parse_levels_message
 from streamer.tools.levels_view import DEFAULT_HISTORY, LevelsBoard, render_board
 from streamer.tools.shutdown import StopSignal, stop_on_signals
 
@@ -227,11 +227,10 @@ def _apply(board: LevelsBoard, message: dict[str, object]) -> bool:
     if message.get("type") != "message":
         return False
     data = message.get("data")
-    try:
-        payload = json.loads(data) if isinstance(data, str | bytes) else None
-    except ValueError:
+    if not isinstance(data, str | bytes):
         return False
-    return isinstance(payload, dict) and board.apply(payload)
+    applied = [board.apply(level) for level in parse_levels_message(data)]
+    return any(applied)
 
 
 def print_once(target: WatchTarget, console: Console, history: int) -> int:

@@ -1224,6 +1224,13 @@ class Engine:
             kernels.raise_newest(self.universe.members, self.newest_ts, stamped, book.source_ts)
         return self.newest_ts
 
+    def member_counts(self) -> dict[str, int]:
+        """Index id -> number of constituents (for the directory of series)."""
+        counts = self.universe.members.count
+        return {
+            index_id: int(counts[j]) if j < len(counts) else 0 for index_id, j in self.slot.items()
+        }
+
     def constituents(self, index_id: str) -> dict[str, float]:
         """Symbol -> index shares q of one index (for audits and tests)."""
         universe = self.universe

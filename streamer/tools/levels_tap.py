@@ -28,7 +28,8 @@ class _LevelStamp(msgspec.Struct):
     ts: int | None = None
 
 
-_decode_stamp = msgspec.json.Decoder(_LevelStamp).decode
+# P:levels carries an array of levels per publish transaction; P:levels:<id> one level.
+_decode_stamps = msgspec.json.Decoder(list[_LevelStamp] | _LevelStamp).decode
 
 
 def _command(*parts: str) -> bytes:
@@ -104,16 +105,21 @@ class LevelsTap:
 
     @property
     def messages(self) -> int:
+        """Channel messages received (on P:levels, each carries many levels)."""
         return len(self._received)
 
     def latencies_ns(self, since_ts: int = 0) -> npt.NDArray[np.int64]:
         """Receipt minus ``source_ts`` of every level whose newest tick is from ``since_ts`` on."""
-        out = []
+        out: list[int] = []
         for received_ns, payload in self._received:
             with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                stamp = _decode_stamp(payload)
-                if stamp.source_ts is not None and stamp.source_ts >= since_ts:
-                    out.append(received_ns - stamp.source_ts)
+                decoded = _decode_stamps(payload)
+                stamps = decoded if isinstance(decoded, list) else [decoded]
+                out.extend(
+                    received_ns - stamp.source_ts
+                    for stamp in stamps
+                    if stamp.source_ts is not None and stamp.source_ts >= since_ts
+                )
         return np.array(out, dtype=np.int64)
 
     def clear(self) -> None:

@@ -205,7 +205,10 @@ def test_restarts_mid_stream_change_nothing(tmp_path: Path, how: str) -> None:
             for fields in after:
                 level = float(fields["level"])
                 assert any(math.isclose(level, x, rel_tol=1e-9) for x in expected[series]), (
-                    f"{series}: published {level} after a restart; calc never had it"
+                    f"{series}: published {level} (seq {fields['seq']}, source_ts "
+                    f"{fields['source_ts']}) after a restart; calc never had it; calc went "
+                    f"through {expected[series]}; restarts at {restarted_at_ms} ms; service "
+                    f"log {tmp_path / 'service.log'}"
                 )
             final_level = float(store.hget(f"{config.prefix}:index:{series}", "level") or "nan")
             assert math.isclose(final_level, expected[series][-1], rel_tol=1e-9), series

@@ -5,20 +5,18 @@ Indices (tests/conftest.py): PX3 = (AAA + BBB + CCC) / 0.5, CAP2 = (AAA * 1e6 + 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import pytest
 
+from streamer import outputs
 from streamer.localservices import LocalMosquitto
+from streamer.outputs import parse_levels_message
 from tests.conftest import ServiceConfig
 from tests.integration.harness import Feed, ServiceProcess, Store, wait_for
 
-LEVEL_FIELDS = {
-    "level", "divisor", "ts", "source_ts", "seq", "prev_close", "change", "change_pct", "stale",
-    "coverage",
-}  # fmt: skip
+LEVEL_FIELDS = set(outputs.LEVEL_FIELDS)
 
 
 def hash_level(client: Store, prefix: str, index: str) -> float | None:
@@ -36,7 +34,7 @@ def test_json_and_msgpack_single_and_batched_ticks_reach_hash_channel_and_stream
 
     def on_message(message: dict[str, object]) -> None:
         with lock:
-            received.append(json.loads(str(message["data"])))
+            received.extend(parse_levels_message(str(message["data"])))
 
     pubsub.subscribe(**{f"{config.prefix}:levels": on_message})
     listener = pubsub.run_in_thread(sleep_time=0.01, daemon=True)

@@ -1,33 +1,35 @@
-"""Publishing against a real redis-server: keys, fields, one script call, intervals, outages."""
+"""Publishing against a real redis-server: keys, fields, channels, history, bars, intervals,
+outages."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import os
 import signal
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Histogram
 
+from streamer import outputs
 from streamer.backoff import Backoff
 from streamer.config import RedisSettings
+from streamer.endpoints import parse_redis_url
 from streamer.engine import AuditRecord, SeriesLevel
 from streamer.localservices import LocalRedis
 from streamer.metrics import Metrics, observe_many
-from streamer.publish import ACK_TIMEOUT_S, Outbox, PublishLoop, RedisPublisher
+from streamer.publish import ACK_TIMEOUT_S, HistoryPolicy, Outbox, PublishLoop, RedisPublisher
 from streamer.service import redis_client
 from tests.integration.harness import Store, eventually
 
-LEVEL_FIELDS = {
-    "level", "divisor", "ts", "source_ts", "seq", "prev_close", "change", "change_pct", "stale",
-    "coverage",
-}  # fmt: skip
+LEVEL_FIELDS = set(outputs.LEVEL_FIELDS)
+SOURCE_TS = 1_763_700_000_000_000_000
 
 
 def series_level(series: str, level: float, prev_close: float = 100.0) -> SeriesLevel:
@@ -35,7 +37,7 @@ def series_level(series: str, level: float, prev_close: float = 100.0) -> Series
         series=series,
         level=level,
         divisor=0.5,
-        source_ts=1_763_700_000_000_000_000,
+        source_ts=SOURCE_TS,
         prev_close=prev_close,
         change=level - prev_close,
         change_pct=(level / prev_close - 1) * 100,
@@ -49,74 +51,162 @@ def sync_client(server: LocalRedis) -> Store:
     return Store(server.url)
 
 
-async def test_one_cycle_writes_hash_channel_history_and_actions(redis_server: LocalRedis) -> None:
-    client = aioredis.Redis.from_url(redis_server.url)
-    publisher = RedisPublisher(client, "pfx", history_maxlen=50, clock=lambda: 42)
+def publisher_for(
+    server: LocalRedis,
+    prefix: str = "p",
+    clock: Callable[[], int] = time.time_ns,
+    history: HistoryPolicy | None = None,
+) -> RedisPublisher:
+    return RedisPublisher(parse_redis_url(server.url), prefix, 100, clock, history)
+
+
+class Clock:
+    """A settable clock (ns)."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+async def test_one_cycle_writes_hash_channels_history_and_actions(
+    redis_server: LocalRedis,
+) -> None:
+    publish_ns = 1_763_700_000_123_456_789
+    publisher = publisher_for(redis_server, "pfx", Clock(publish_ns))
     store = sync_client(redis_server)
     pubsub = store.pubsub()
-    pubsub.subscribe("pfx:levels")
-    assert pubsub.get_message(timeout=1)["type"] == "subscribe"
+    pubsub.subscribe("pfx:levels", "pfx:levels:PX")
+    for _ in range(2):
+        assert pubsub.get_message(timeout=1)["type"] == "subscribe"
     audit = AuditRecord("ca-1", "split", "PX", "AAA", 7, 0.5, 0.25, 350.0, 350.0)
     await publisher.publish([series_level("PX", 101.0), series_level("PX.TR", 102.0)], [audit])
 
     fields = store.hgetall("pfx:index:PX")
     assert set(fields) == LEVEL_FIELDS
+    assert fields["schema"] == str(outputs.SCHEMA_VERSION)
     assert (fields["level"], fields["ts"], fields["seq"], fields["stale"]) == (
         "101.0",
-        "42",
+        str(publish_ns),
         "1",
         "1",
     )
+    assert fields["ts_ms"] == str(publish_ns // 1_000_000)
+    assert fields["source_ts_ms"] == str(SOURCE_TS // 1_000_000)
     assert float(fields["change_pct"]) == pytest.approx(1.0)
     assert store.hget("pfx:index:PX.TR", "level") == "102.0"
-    message = json.loads(pubsub.get_message(timeout=1)["data"])
-    assert message["index"] == "PX" and message["level"] == 101.0 and message["seq"] == 1
-    assert set(message) == LEVEL_FIELDS | {"index"}
+    # One message per series on its own channel, and one array per transaction on the
+    # all-series channel; the same fields in both.
+    messages = [pubsub.get_message(timeout=1) for _ in range(2)]
+    by_channel = {m["channel"]: json.loads(m["data"]) for m in messages}
+    single = by_channel["pfx:levels:PX"]
+    assert single["index"] == "PX" and single["level"] == 101.0 and single["seq"] == 1
+    assert set(single) == LEVEL_FIELDS | {"index"}
+    batch = by_channel["pfx:levels"]
+    assert [m["index"] for m in batch] == ["PX", "PX.TR"]
+    assert batch[0] == single
     ((_, entry),) = store.xrange("pfx:history:PX")
     assert entry == fields
     ((_, action),) = store.xrange("pfx:actions")
     assert action["id"] == "ca-1" and action["index"] == "PX"
+    assert action["schema"] == str(outputs.SCHEMA_VERSION)
     assert float(action["divisor_before"]) == 0.5 and float(action["divisor_after"]) == 0.25
     pubsub.close()
-    await client.aclose()
+    await publisher.close()
 
 
-async def test_history_is_trimmed_and_seq_continues_across_restarts(
-    redis_server: LocalRedis,
-) -> None:
-    client = aioredis.Redis.from_url(redis_server.url)
-    first = RedisPublisher(client, "p", history_maxlen=10)
-    for i in range(300):
+async def test_seq_continues_across_restarts(redis_server: LocalRedis) -> None:
+    first = publisher_for(redis_server)
+    for i in range(30):
         await first.publish([series_level("X", 100.0 + i)])
+    await first.close()
     store = sync_client(redis_server)
-    assert store.xlen("p:history:X") < 300  # approximate MAXLEN trims in whole nodes
-    assert store.hget("p:index:X", "seq") == "300"
-    second = RedisPublisher(client, "p", history_maxlen=10)
+    assert store.hget("p:index:X", "seq") == "30"
+    second = publisher_for(redis_server)
     await second.load_sequences(["X", "NEW"])
     await second.publish([series_level("X", 1.0), series_level("NEW", 2.0)])
-    assert store.hget("p:index:X", "seq") == "301"
+    assert store.hget("p:index:X", "seq") == "31"
     assert store.hget("p:index:NEW", "seq") == "1"
-    await client.aclose()
+    await second.close()
+
+
+async def test_raw_history_is_sampled_per_series_and_trimmed_by_time(
+    redis_server: LocalRedis,
+) -> None:
+    clock = Clock(time.time_ns())
+    # One raw entry per series per second of the publisher's clock, kept for a minute.
+    policy = HistoryPolicy(interval_ms=1000, retention_ms=60_000)
+    publisher = publisher_for(redis_server, clock=clock, history=policy)
+    store = sync_client(redis_server)
+    for i in range(50):  # 50 publishes within 0.49 s: one raw entry
+        clock.now += 10_000_000
+        await publisher.publish([series_level("X", 100.0 + i)])
+    assert store.xlen("p:history:X") == 1
+    assert store.hget("p:index:X", "level") == "149.0"  # the hash has every publish
+    # Stream ids are Redis's own clock: MINID trims by it, so this test advances the
+    # publisher's clock past the retention and checks old nodes go.
+    policy = HistoryPolicy(interval_ms=0, retention_ms=200)
+    publisher = publisher_for(redis_server, history=policy)
+    for i in range(250):
+        await publisher.publish([series_level("Y", 100.0 + i)])
+    await asyncio.sleep(0.25)
+    await publisher.publish([series_level("Y", 1.0)])
+    # Trimming is approximate (~, whole stream nodes of 100 entries): every full node older
+    # than the cutoff is gone.
+    assert store.xlen("p:history:Y") <= 100
+    assert store.xrange("p:history:Y")[-1][1]["level"] == "1.0"
+    await publisher.close()
+
+
+async def test_minute_bars_are_written_when_their_minute_is_over(
+    redis_server: LocalRedis,
+) -> None:
+    minute = 1_763_700_000_000 // 60_000 * 60_000  # ms
+    clock = Clock(minute * 1_000_000 + 5_000_000_000)  # 5 s into the minute
+    publisher = publisher_for(redis_server, clock=clock)
+    store = sync_client(redis_server)
+    for value in (100.0, 103.0, 98.0, 101.0):
+        await publisher.publish([series_level("X", value)])
+        clock.now += 1_000_000_000
+    assert store.xlen("p:bars:1m:X") == 0  # the minute is not over
+    clock.now = (minute + 60_000) * 1_000_000 + 1_000_000  # the next minute
+    await publisher.publish([series_level("X", 102.0)])
+    ((_, bar),) = store.xrange("p:bars:1m:X")
+    assert bar == {
+        "schema": str(outputs.SCHEMA_VERSION),
+        "t": str(minute),
+        "o": "100.0",
+        "h": "103.0",
+        "l": "98.0",
+        "c": "101.0",
+        "n": "4",
+    }
+    # At shutdown the unfinished minute is written as it stands.
+    publisher.take_unfinished_bars()
+    await publisher.publish([])
+    bars = [fields for _, fields in store.xrange("p:bars:1m:X")]
+    assert bars[-1]["t"] == str(minute + 60_000) and bars[-1]["c"] == "102.0"
+    await publisher.close()
 
 
 async def test_unknown_values_are_empty_in_redis_and_null_in_json(redis_server: LocalRedis) -> None:
-    client = aioredis.Redis.from_url(redis_server.url)
     store = sync_client(redis_server)
     pubsub = store.pubsub()
-    pubsub.subscribe("p:levels")
+    pubsub.subscribe("p:levels:X")
     pubsub.get_message(timeout=1)
-    await RedisPublisher(client, "p", 10).publish([series_level("X", 100.0, prev_close=math.nan)])
+    publisher = publisher_for(redis_server)
+    await publisher.publish([series_level("X", 100.0, prev_close=math.nan)])
     assert store.hget("p:index:X", "prev_close") == ""
     assert json.loads(pubsub.get_message(timeout=1)["data"])["prev_close"] is None
     pubsub.close()
-    await client.aclose()
+    await publisher.close()
 
 
 async def test_interval_mode_publishes_every_series_on_the_timer(redis_server: LocalRedis) -> None:
     levels = [series_level("A", 1.0), series_level("B", 2.0)]
-    client = aioredis.Redis.from_url(redis_server.url)
     loop = PublishLoop(
-        RedisPublisher(client, "p", 100),
+        publisher_for(redis_server),
         lambda wanted: [lv for lv in levels if wanted is None or lv.series in wanted],
         Outbox(),
         Metrics(),
@@ -124,11 +214,11 @@ async def test_interval_mode_publishes_every_series_on_the_timer(redis_server: L
     )
     task = asyncio.create_task(loop.run())
     store = sync_client(redis_server)
-    await eventually(lambda: store.xlen("p:history:B") >= 3)
+    await eventually(lambda: int(store.hget("p:index:B", "seq") or 0) >= 3)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert abs(store.xlen("p:history:A") - store.xlen("p:history:B")) <= 1
-    await client.aclose()
+    await loop.publisher.close()
 
 
 @asynccontextmanager
@@ -136,9 +226,8 @@ async def running_loop(
     redis_server: LocalRedis, current: dict[str, SeriesLevel], outbox: Outbox, metrics: Metrics
 ) -> AsyncIterator[PublishLoop]:
     """A PublishLoop (change-driven) publishing ``current`` under prefix ``p``."""
-    client = redis_client(RedisSettings(url=redis_server.url))
     loop = PublishLoop(
-        RedisPublisher(client, "p", 100),
+        publisher_for(redis_server),
         lambda wanted: [lv for s, lv in current.items() if wanted is None or s in wanted],
         outbox,
         metrics,
@@ -151,7 +240,6 @@ async def running_loop(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await loop.publisher.close()
-        await client.aclose()
 
 
 async def test_redis_outage_counts_errors_keeps_audit_and_resyncs(redis_server: LocalRedis) -> None:
@@ -229,3 +317,79 @@ def test_observe_many_matches_observe_one_by_one() -> None:
 
 def redis_errors(metrics: Metrics) -> float:
     return metrics.registry.get_sample_value("streamer_redis_errors_total") or 0.0
+
+
+async def test_a_capped_series_always_ends_at_its_newest_level(redis_server: LocalRedis) -> None:
+    """Changes faster than ``min_interval_ms`` are conflated, never lost: once the changes
+    stop, the newest level is published within the cap."""
+    current = {"A": series_level("A", 0.0)}
+    outbox = Outbox()
+    store = sync_client(redis_server)
+    pubsub = store.pubsub()
+    pubsub.subscribe("p:levels:A")
+    pubsub.get_message(timeout=1)
+    loop = PublishLoop(
+        publisher_for(redis_server),
+        lambda wanted: [lv for s, lv in current.items() if wanted is None or s in wanted],
+        outbox,
+        Metrics(),
+        min_interval_ms=200,
+    )
+    task = asyncio.create_task(loop.run())
+    try:
+        await eventually(lambda: store.hget("p:index:A", "level") == "0.0")
+        for i in range(1, 101):  # 100 changes in ~0.2 s
+            current["A"] = series_level("A", float(i))
+            outbox.add(["A"])
+            await asyncio.sleep(0.002)
+        changed_at = time.monotonic()
+        await eventually(lambda: store.hget("p:index:A", "level") == "100.0", within=2.0)
+        assert time.monotonic() - changed_at < 2.0
+        messages = []
+        while (m := pubsub.get_message(timeout=0.3)) is not None:
+            messages.append(json.loads(m["data"]))
+        # Far fewer messages than changes, and the last one is the newest level.
+        assert 1 <= len(messages) <= 10
+        assert messages[-1]["level"] == 100.0
+        publish_ms = [m["ts_ms"] for m in messages]
+        assert all(b - a >= 200 for a, b in itertools.pairwise(publish_ms))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await loop.publisher.close()
+        pubsub.close()
+
+
+async def test_the_directory_lists_every_series_and_is_rewritten_when_it_changes(
+    redis_server: LocalRedis,
+) -> None:
+    current = {"A": series_level("A", 1.0)}
+    members = {"A": 3}
+
+    def directory() -> dict[str, bytes]:
+        return {s: json.dumps({"id": s, "constituents": n}).encode() for s, n in members.items()}
+
+    loop = PublishLoop(
+        publisher_for(redis_server),
+        lambda wanted: [lv for s, lv in current.items() if wanted is None or s in wanted],
+        Outbox(),
+        Metrics(),
+        directory=directory,
+    )
+    store = sync_client(redis_server)
+    task = asyncio.create_task(loop.run())
+    try:
+        await eventually(lambda: store.client.hlen("p:series") == 1)
+        assert json.loads(store.hget("p:series", "A") or "null") == {"id": "A", "constituents": 3}
+        members.pop("A")
+        members["B"] = 5  # a series gone, another new: the directory is replaced whole
+        loop.directory_changed()
+        await eventually(lambda: store.client.hkeys("p:series") == ["B"])
+        # A Redis restart loses the directory; the resync after it writes it again.
+        await asyncio.to_thread(redis_server.stop, False)
+        await asyncio.to_thread(redis_server.start)
+        await eventually(lambda: store.client.hkeys("p:series") == ["B"])
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await loop.publisher.close()

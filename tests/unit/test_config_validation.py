@@ -413,7 +413,7 @@ BAD_CASES: dict[str, BadCase] = {
         for section, key, value in (
             ("mqtt", "max_payload_bytes", "0"),
             ("mqtt", "max_payload_bytes", "268435456"),
-            ("redis", "history_maxlen", "0"),
+            ("redis", "actions_maxlen", "0"),
             ("publish", "interval_ms", "86400000"),
             ("quality", "stale_after_s", "inf"),
             ("quality", "max_move_pct", "nan"),
