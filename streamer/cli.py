@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "bench": "bench",
     "state": "state",
+    "tracking": "tracking",
 }
 
 EXIT_OK = 0
@@ -86,6 +87,7 @@ def _short_help(name: str) -> str:
         "demo": "local demo: broker, Redis, feed, service and live view",
         "bench": "benchmarks (kernel, e2e)",
         "state": "show, export or reset the stored state",
+        "tracking": "fund tracking difference and tracking error against its index",
     }[name]
 
 

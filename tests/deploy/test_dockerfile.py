@@ -168,6 +168,7 @@ def test_runtime_subset_of_the_lock() -> None:
         "prometheus-client",
         "rich",
         "uvloop",
+        "matplotlib",  # streamer tracking's chart
     ):
         assert runtime in pinned, f"{runtime} missing from the image's requirements"
     for dev in ("pytest", "mypy", "ruff", "hypothesis", "pyyaml", "py-spy", "pyinstrument"):
