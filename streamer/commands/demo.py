@@ -12,13 +12,15 @@ import argparse
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
+import redis
 from rich.console import Console
 
 import streamer
-from streamer.commands.watch import WatchTarget, watch
+from streamer.commands.watch import Link, WatchTarget, watch
 from streamer.config import Settings, load_settings
 from streamer.localservices import LocalMosquitto, LocalRedis, free_port
 from streamer.tools.processes import (
@@ -28,7 +30,7 @@ from streamer.tools.processes import (
     streamer_command,
 )
 from streamer.tools.scrape import metrics_url
-from streamer.tools.shutdown import stop_on_signals
+from streamer.tools.shutdown import StopSignal, stop_on_signals
 
 HELP = (
     "local demo: private mosquitto and redis-server, a simulated feed, the service and the "
@@ -36,6 +38,20 @@ HELP = (
 )
 
 DEMO_CONFIG = Path("config") / "streamer.toml"
+FIRST_LEVEL_WAIT_S = 10.0  # the service publishes its seeded levels right after start-up
+
+
+def demo_links(*, broker: str, redis_url: str, metrics: str) -> list[Link]:
+    """What the footer of the live view keeps on screen, as (label, url), in this order.
+
+    A new endpoint of the demo (a gateway, say) is one more entry here; the footer packs the
+    entries into as few lines as the terminal's width allows.
+    """
+    return [
+        ("broker", broker),
+        ("redis", redis_url),
+        ("metrics", metrics),
+    ]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,6 +160,7 @@ def main(args: argparse.Namespace) -> int:
                 prefix=settings.redis.prefix,
                 known=tuple(s for d in settings.indices for s in d.series_ids()),
             )
+            _wait_for_first_level(target, settings, stop, health)
             problem = watch(
                 target,
                 stop,
@@ -151,7 +168,10 @@ def main(args: argparse.Namespace) -> int:
                 duration_s=args.duration,
                 title=f"streamer demo · {len(settings.indices)} indices · "
                 f"{args.rate:,.0f} ticks/s simulated",
-                footer=lambda: f"metrics {metrics_url(listen)} · Ctrl-C to stop",
+                footer=lambda: "Ctrl-C to stop",
+                links=demo_links(
+                    broker=broker.url, redis_url=redis_server.url, metrics=metrics_url(listen)
+                ),
                 health=health,
             )
             console.print()
@@ -193,7 +213,30 @@ def _print_banner(
         f"  metrics  {metrics_url(listen)}\n"
         f"  logs     {workdir}"
     )
-    time.sleep(0.5)  # let the first levels arrive before the first frame
+
+
+def _wait_for_first_level(
+    target: WatchTarget,
+    settings: Settings,
+    stop: StopSignal,
+    health: Callable[[], str | None],
+) -> None:
+    """Until the first index has a level in Redis, so the first frame is not a warning that
+    the prefix holds no series; bounded (the view then says what it finds) and never past a
+    child's exit or Ctrl-C."""
+    key = f"{target.prefix}:index:{settings.indices[0].series_ids()[0]}"
+    client = target.connect()
+    deadline = time.monotonic() + FIRST_LEVEL_WAIT_S
+    try:
+        while time.monotonic() < deadline and not stop.is_set() and health() is None:
+            try:
+                if client.exists(key):
+                    return
+            except redis.RedisError:
+                pass
+            stop.wait(0.1)
+    finally:
+        client.close()
 
 
 def _last_line(path: Path, prefix: str) -> str:

@@ -17,6 +17,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from streamer.config import VARIANT_SUFFIX
+
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 DEFAULT_HISTORY = 30
 AGE_WARN_S = 5.0  # no publish for this long: the age turns yellow, then red after a minute
@@ -73,8 +75,26 @@ def _number(value: Any, default: float | None) -> float | None:
 
 
 def series_matches(series: str, wanted: Iterable[str]) -> bool:
-    """``--index DEMO30`` shows DEMO30 and its variants DEMO30.TR / DEMO30.NTR."""
-    return any(series == w or series.startswith(w + ".") for w in wanted)
+    """``--index us500`` shows US500 and its variants US500.TR / US500.NTR, in any case.
+
+    Only the variants: US500.TECH (a sector sub-index of its own) and US500C are other ids.
+    """
+    key = series.upper()
+    return any(key in _variant_ids(w) for w in wanted)
+
+
+def series_order(series: str) -> tuple[str, int]:
+    """Sort key that keeps an id's variants right after it: US500, US500.TR, US500.NTR, US500C."""
+    upper = series.upper()
+    for rank, suffix in enumerate(VARIANT_SUFFIX.values()):
+        if suffix and upper.endswith(suffix.upper()):
+            return series[: -len(suffix)], rank
+    return series, 0
+
+
+def _variant_ids(wanted: str) -> set[str]:
+    base = wanted.upper()
+    return {base + suffix.upper() for suffix in VARIANT_SUFFIX.values()}
 
 
 class LevelsBoard:
@@ -135,8 +155,13 @@ class LevelsBoard:
     def rows(self) -> list[SeriesRow]:
         last = len(self._order)
         return sorted(
-            self._rows.values(), key=lambda r: (self._order.get(r.series, last), r.series)
+            self._rows.values(),
+            key=lambda r: (self._order.get(r.series, last), series_order(r.series)),
         )
+
+    def has_levels(self) -> bool:
+        """Whether any shown series has a level yet (else there is nothing to look at)."""
+        return any(row.level is not None for row in self._rows.values())
 
 
 # -- rendering -----------------------------------------------------------------------------
@@ -216,7 +241,7 @@ def _cells(row: SeriesRow, now_ns: int, spark_width: int) -> dict[str, Text]:
 
 
 # (header, justify, minimum width); optional columns are dropped on narrow screens, in order.
-_COLUMNS: tuple[tuple[str, Literal["left", "right"], int], ...] = (
+COLUMNS: tuple[tuple[str, Literal["left", "right"], int], ...] = (
     ("Index", "left", 5),
     ("Level", "right", 10),
     ("Change", "right", 8),
@@ -229,6 +254,31 @@ _COLUMNS: tuple[tuple[str, Literal["left", "right"], int], ...] = (
 )
 _DROP_ORDER = ("Divisor", "Trend", "Coverage")
 _MIN_SPARK = 8
+_TABLE_FRAME_LINES = 4  # top rule, header, header rule, bottom rule
+
+
+def fit_columns(
+    columns: Sequence[tuple[str, Literal["left", "right"], int]], width: int, history: int
+) -> tuple[list[tuple[str, Literal["left", "right"], int]], int]:
+    """The columns that fit ``width`` and the sparkline's width.
+
+    Each column costs its content plus 3 (padding and rule), the table one more for its left
+    edge; the sparkline takes what is left, at least ``_MIN_SPARK``. Optional columns give way
+    in ``_DROP_ORDER``: the divisor, then the sparkline, then coverage.
+    """
+    kept = list(columns)
+
+    def needed() -> int:
+        fixed = sum(w + 3 for h, _, w in kept if h != "Trend") + 1
+        has_trend = any(h == "Trend" for h, _, _ in kept)
+        return fixed + (3 + _MIN_SPARK if has_trend else 0)
+
+    for optional in _DROP_ORDER:
+        if needed() <= width:
+            break
+        kept = [c for c in kept if c[0] != optional]
+    fixed = sum(w + 3 for h, _, w in kept if h != "Trend") + 1
+    return kept, max(_MIN_SPARK, min(history, width - fixed - 3))
 
 
 def render_board(
@@ -237,27 +287,44 @@ def render_board(
     title: str = "",
     status: str = "",
     width: int | None = None,
+    height: int | None = None,
+    *,
+    problem: Sequence[str] = (),
+    notes: Sequence[str] = (),
 ) -> RenderableType:
     """The board as a rich table (plus a status line): a pure function of its arguments.
 
     ``width`` (the console's) decides which columns fit: the divisor gives way first, then
-    the sparkline, then coverage; the level and its change are always shown.
+    the sparkline, then coverage; the level and its change are always shown. ``height`` (a
+    terminal's, or the region a layout gives the board) bounds the lines: rows that do not fit
+    are cut, and a last line says how many. ``problem`` (why there is nothing to show, and
+    what to do about it) replaces the table while no shown series has a level; ``notes`` go
+    under it.
     """
     rows = board.rows()
+    lines: list[RenderableType] = []
+    if title:
+        lines.append(Text(title, style="italic", no_wrap=True, overflow="ellipsis"))
+    trailer = [Text(note, style="yellow", no_wrap=True, overflow="ellipsis") for note in notes]
+    if status:
+        trailer.append(Text(status, style="dim", no_wrap=True, overflow="ellipsis"))
+    if problem and not board.has_levels():
+        lines.extend(Text(line, style="yellow") for line in problem)
+        return Group(*lines, *trailer)
+
     index_width = max([len("Index"), *(len(r.series) for r in rows)])
-    columns = [(h, j, index_width if h == "Index" else w) for h, j, w in _COLUMNS]
+    columns = [(h, j, index_width if h == "Index" else w) for h, j, w in COLUMNS]
     spark_width = board.history
     if width is not None:
-
-        def others() -> int:  # every column but the sparkline: content + padding + rule
-            return sum(w + 3 for h, _, w in columns if h != "Trend") + 1
-
-        for optional in _DROP_ORDER:
-            if others() + 3 + _MIN_SPARK <= width:
-                break
-            columns = [c for c in columns if c[0] != optional]
-        spark_width = max(_MIN_SPARK, min(spark_width, width - others() - 3))
-    table = Table(title=title or None, title_justify="left", header_style="bold")
+        columns, spark_width = fit_columns(columns, width, board.history)
+    cut = 0
+    if height is not None:
+        room = height - len(lines) - len(trailer) - _TABLE_FRAME_LINES
+        if len(rows) > room:
+            shown = max(room - 1, 0)  # one line says what was cut
+            cut = len(rows) - shown
+            rows = rows[:shown]
+    table = Table(header_style="bold")
     for header, justify, min_width in columns:
         table.add_column(
             header,
@@ -269,6 +336,8 @@ def render_board(
     for row in rows:
         cells = _cells(row, now_ns, spark_width)
         table.add_row(*(cells.get(h, Text("-", style="dim")) for h, _, _ in columns))
-    if not status:
-        return table
-    return Group(table, Text(status, style="dim"))
+    lines.append(table)
+    if cut:
+        more = f"… {cut} more series (resize or use --index)"
+        lines.append(Text(more, style="bold yellow", no_wrap=True, overflow="ellipsis"))
+    return Group(*lines, *trailer)

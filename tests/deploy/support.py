@@ -30,6 +30,16 @@ SECRETS_DIR = DEPLOY / "compose" / "secrets"
 # Series Prometheus itself adds to every scrape target.
 PROMETHEUS_SYNTHETIC = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
 
+# Series the Grafana dashboard already shows but streamer.metrics does not export yet: they are
+# being added to the service in parallel.
+#   streamer_index_prev_close{index}: gauge, the previous official close of each series (the
+#   ``prev_close`` of P:index:<id>), for "change % since the previous close" (the current-levels
+#   table and the shared-axis panel).
+# test_grafana.py::test_every_query_names_only_exported_metrics accepts these names and nothing
+# else that is not exported; test_grafana.py::test_pending_metrics_are_still_pending fails as
+# soon as one of them is exported: then delete it from this set, so the check covers it again.
+PENDING_METRICS = frozenset({"streamer_index_prev_close"})
+
 _SUFFIXES_BY_TYPE: dict[str, tuple[str, ...]] = {
     "counter": ("_total", "_created"),
     "gauge": ("",),

@@ -28,7 +28,7 @@ from tests.deploy.stack import (
     wait_until_ready,
 )
 from tests.deploy.support import DASHBOARD, DEPLOY, alert_rules, exported_series_names
-from tests.deploy.test_grafana import queries, substitute
+from tests.deploy.test_grafana import panels, queries, substitute
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -140,6 +140,26 @@ def test_prometheus_sees_live_levels_and_the_latency_histogram(
             prometheus.query(substitute(expr))  # asserts that Prometheus answers "success"
         except AssertionError as exc:
             raise AssertionError(f"dashboard {where}: {exc}") from None
+
+    # The current-levels table: every query answers one sample per series labelled exactly
+    # (instance, index), which is what Grafana's merge joins the columns on.
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    table = next(p for p in panels(dashboard) if p["title"] == "Current levels")
+    columns: dict[str, dict[str, float]] = {}
+    for target in table["targets"]:
+        samples = prometheus.query(substitute(target["expr"]))
+        assert all(set(x["metric"]) == {"instance", "index"} for x in samples), samples
+        columns[target["refId"]] = {x["metric"]["index"]: float(x["value"][1]) for x in samples}
+    # (AAA has moved up a few cents for the p99 above)
+    assert columns["A"] == pytest.approx({"PX3": PX3_LEVEL, "CAP2": CAP2_LEVEL}, rel=0.01)
+    assert columns["C"] == {"PX3": 0.0, "CAP2": 0.0}  # stale constituents
+    assert columns["D"] == {"PX3": 1.0, "CAP2": 1.0}  # coverage
+    assert columns["B"] == {}  # change %: streamer_index_prev_close is not exported yet
+    # The service-state panels: Redis connected (0), a lag and a checkpoint age in seconds.
+    state = next(p for p in panels(dashboard) if p["title"] == "Redis connection state")
+    assert scalar(prometheus, substitute(state["targets"][0]["expr"])) == 0.0
+    lag = next(p for p in panels(dashboard) if p["title"] == "Ingest lag")
+    assert (scalar(prometheus, substitute(lag["targets"][0]["expr"])) or 0.0) >= 0.0
 
 
 def test_live_series_are_the_ones_dashboards_and_rules_were_checked_against(

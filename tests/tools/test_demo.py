@@ -16,4 +16,11 @@ def test_demo_runs_the_whole_stack_and_cleans_up() -> None:
     assert re.search(r"DEMO30\s+│\s+[\d,]+\.\d\d\s+│", out), out
     assert re.search(r"GLOBAL40\s+│\s+[\d,]+\.\d\d\s+│", out), out
     assert re.search(r"simulate: [\d,]+ ticks", out), out
+    # Under the final frame's table: the footer with the URLs (label url, ...) and the status.
+    frame = out.splitlines()
+    bottom = max(i for i, line in enumerate(frame) if line.startswith("└"))
+    footer = " · ".join(frame[bottom + 1 : bottom + 4])
+    for label, url in (("broker", "mqtt"), ("redis", "redis"), ("metrics", "http")):
+        assert re.search(rf"\b{label} {url}://127\.0\.0\.1:\d+", footer), footer
+    assert "updates" in footer and "Ctrl-C to stop" in footer
     assert "logs kept" not in out  # nothing failed, so the working directory is gone

@@ -5,10 +5,13 @@ from __future__ import annotations
 from rich.console import Console
 
 from streamer.tools.levels_view import (
+    COLUMNS,
     LevelsBoard,
+    fit_columns,
     format_age,
     render_board,
     series_matches,
+    series_order,
     sparkline,
 )
 
@@ -91,3 +94,100 @@ def test_sparkline_and_age_formatting() -> None:
     assert sparkline([5.0, 5.0]) == "▄▄"
     assert sparkline([]) == ""
     assert [format_age(s) for s in (0.04, 12.0, 75.0, 7300.0)] == ["0.0s", "12s", "1m15s", "2h01m"]
+
+
+# The demo universe's 23 series, as `streamer watch --config config/streamer.toml` lists them.
+DEMO_SERIES = [
+    "DEMO30", "DEMO30.TR", "DEMO30.NTR", "GLOBAL40", "GLOBAL40.NTR", "US500", "US500.TR",
+    "US500.NTR", "US500.COMM", "US500.DISC", "US500.ENRG", "US500.FINL", "US500.HLTH",
+    "US500.INDU", "US500.MATL", "US500.REIT", "US500.STAP", "US500.TECH", "US500.UTIL",
+    "US500C", "US500C.NTR", "US500EW", "US500EW.TR",
+]  # fmt: skip
+
+
+def demo_board() -> LevelsBoard:
+    board = LevelsBoard(known=DEMO_SERIES)
+    for series in DEMO_SERIES:
+        board.seed(series, HASH, [44000.0, 44012.35])
+    return board
+
+
+def screen(board: LevelsBoard, width: int, height: int, **kwargs: list[str]) -> list[str]:
+    """What a width x height terminal shows: the board fitted to it, with a status line."""
+    console = Console(width=width, height=height, force_terminal=False, file=None)
+    with console.capture() as capture:
+        console.print(render_board(board, NOW, "levels", "live", width, height, **kwargs))
+    return capture.get().splitlines()
+
+
+def test_an_80x24_terminal_keeps_coverage_and_says_how_many_rows_were_cut() -> None:
+    lines = screen(demo_board(), 80, 24)
+    assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
+    header = next(line for line in lines if "Level" in line)
+    for column in ("Index", "Level", "Change", "Chg %", "Stale", "Coverage", "Age"):
+        assert column in header, f"{column} dropped at 80 columns:\n{header}"
+    assert "Divisor" not in header and "Trend" not in header
+    shown = [s for s in DEMO_SERIES if any(line.startswith(f"│ {s} ") for line in lines)]
+    assert shown == DEMO_SERIES[: len(shown)] and len(shown) == 24 - 7  # title, frame, 2 lines
+    assert row_of(lines, "DEMO30")[5] == "100.0%"  # Coverage
+    assert lines[-2] == f"… {len(DEMO_SERIES) - len(shown)} more series (resize or use --index)"
+    assert lines[-1] == "live"
+
+
+def test_a_tall_enough_terminal_cuts_nothing_and_wide_ones_get_the_sparkline() -> None:
+    lines = screen(demo_board(), 120, 40)
+    assert all(any(line.startswith(f"│ {s} ") for line in lines) for s in DEMO_SERIES)
+    assert not any("more series" in line for line in lines)
+    header = next(line for line in lines if "Level" in line)
+    assert "Coverage" in header and "Trend" in header and "Divisor" in header
+    middle = next(line for line in screen(demo_board(), 100, 40) if "Level" in line)
+    assert "Coverage" in middle and "Trend" in middle and "Divisor" not in middle
+
+
+def test_fit_columns_drops_divisor_then_sparkline_then_coverage() -> None:
+    columns = [(h, j, 12 if h == "Index" else w) for h, j, w in COLUMNS]
+
+    def kept(width: int) -> list[str]:
+        return [h for h, _, _ in fit_columns(columns, width, 30)[0]]
+
+    everything = [h for h, _, _ in COLUMNS]
+    assert kept(200) == everything
+    assert kept(100) == [h for h in everything if h != "Divisor"]
+    assert kept(80) == [h for h in everything if h not in ("Divisor", "Trend")]
+    assert kept(70) == [h for h in everything if h not in ("Divisor", "Trend", "Coverage")]
+
+
+def test_index_filters_take_any_case_and_only_the_variants() -> None:
+    assert [s for s in DEMO_SERIES if series_matches(s, ["us500"])] == [
+        "US500",
+        "US500.TR",
+        "US500.NTR",
+    ]
+    assert [s for s in DEMO_SERIES if series_matches(s, ["US500.tech"])] == ["US500.TECH"]
+    assert [s for s in DEMO_SERIES if series_matches(s, ["us500c"])] == ["US500C", "US500C.NTR"]
+    assert not series_matches("US500.TR", ["US500.T"]) and not series_matches("US500", ["US50"])
+    board = LevelsBoard(wanted=["us500"], known=DEMO_SERIES)
+    assert [r.series for r in board.rows()] == ["US500", "US500.TR", "US500.NTR"]
+
+
+def test_a_problem_replaces_the_table_until_a_level_arrives_and_notes_go_under_it() -> None:
+    board = LevelsBoard(known=["DEMO30"])
+    problem = ["no series under prefix 'x'", "try --prefix streamer"]
+    lines = screen(board, 80, 24, problem=problem)
+    assert lines == ["levels", *problem, "live"]
+    board.seed("DEMO30", HASH, [44012.35])
+    lines = screen(board, 80, 24, problem=problem, notes=["--index FOO matches no series"])
+    assert row_of(lines, "DEMO30")[1] == "44,012.35"
+    assert not any("prefix" in line for line in lines)
+    assert lines[-2:] == ["--index FOO matches no series", "live"]
+
+
+def test_series_without_a_config_are_listed_each_id_with_its_variants() -> None:
+    found = ["US500C.NTR", "US500.TR", "US500.TECH", "US500", "US500C", "US500.NTR", "DEMO30.TR"]
+    assert sorted(found, key=series_order) == [
+        "DEMO30.TR", "US500", "US500.TR", "US500.NTR", "US500.TECH", "US500C", "US500C.NTR",
+    ]  # fmt: skip
+    board = LevelsBoard()
+    for series in found:
+        board.apply({"index": series, "level": 1.0, "seq": 1})
+    assert [r.series for r in board.rows()] == sorted(found, key=series_order)
