@@ -18,8 +18,11 @@ from prometheus_client import CollectorRegistry, Histogram
 from streamer.backoff import Backoff
 from streamer.config import RedisSettings
 from streamer.engine import AuditRecord, SeriesLevel
+from streamer.engine.results import CloseRecord
+from streamer.keys import KeyLayout
 from streamer.localservices import LocalRedis
 from streamer.metrics import Metrics, observe_many
+from streamer.persistence.checkpoint import Blobs
 from streamer.publish import ACK_TIMEOUT_S, Outbox, PublishLoop, RedisPublisher
 from streamer.service import redis_client
 from tests.integration.harness import Store, eventually
@@ -47,6 +50,26 @@ def series_level(series: str, level: float, prev_close: float = 100.0) -> Series
 
 def sync_client(server: LocalRedis) -> Store:
     return Store(server.url)
+
+
+async def test_every_key_a_cycle_writes_is_named_by_the_key_layout(
+    redis_server: LocalRedis,
+) -> None:
+    """streamer.keys in single-instance mode names exactly what the service writes today."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    publisher = RedisPublisher(client, "pfx", history_maxlen=50, clock=lambda: 42)
+    audit = AuditRecord("ca-1", "split", "PX", "AAA", 7, 0.5, 0.25, 350.0, 350.0)
+    close = CloseRecord("PX", "PX", "2025-11-21", 42, 101.0, 0.5, 101.0, 101.0, 101.0, 0.0, 0.0)
+    checkpoint = Blobs(structure=b"s", market=b"m", meta=b"x", revision=1)
+    levels = [series_level("PX", 101.0), series_level("PX.TR", 102.0)]
+    await publisher.publish(levels, [audit], [close], checkpoint)
+    written = {k.decode() if isinstance(k, bytes) else k for k in await client.keys("*")}
+    keys = KeyLayout("pfx")
+    expected = set(keys.cycle_keys(["PX", "PX.TR"])) - {keys.lease()}
+    expected -= {keys.bars("PX"), keys.bars("PX.TR"), keys.closes("PX.TR")}  # none written
+    assert written == expected
+    await publisher.close()
+    await client.aclose()
 
 
 async def test_one_cycle_writes_hash_channel_history_and_actions(redis_server: LocalRedis) -> None:
