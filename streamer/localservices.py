@@ -8,6 +8,9 @@ data in that directory the way the shipped configs (deploy/) keep it on a volume
 
     with LocalMosquitto() as broker, LocalRedis() as redis:
         run_service(mqtt_url=broker.url, redis_url=redis.url)
+
+:class:`LocalRedisCluster` is a private Redis Cluster of such servers (three masters, with or
+without a replica each), for code that must work against both kinds of Redis.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
+
+import redis
+from redis.crc import key_slot
 
 from streamer.errors import StreamerError
 from streamer.mqtt.codec import connect_packet
@@ -417,9 +423,7 @@ class LocalRedis(LocalService):
             return self.url
         return self.url.replace("://", f"://:{self.password}@", 1)
 
-    def _command(self) -> list[str]:
-        # The password goes in a config file so that it never shows in `ps`.
-        config = self.workdir / "redis.conf"
+    def _config_lines(self) -> list[str]:
         lines = [
             f"port {self.port}",
             f"bind {self.host}",
@@ -442,7 +446,12 @@ class LocalRedis(LocalService):
                 f"tls-key-file {self.workdir / 'key.pem'}",
                 "tls-auth-clients no",
             ]
-        config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return lines
+
+    def _command(self) -> list[str]:
+        # The password goes in a config file so that it never shows in `ps`.
+        config = self.workdir / "redis.conf"
+        config.write_text("\n".join(self._config_lines()) + "\n", encoding="utf-8")
         config.chmod(0o600)
         return [find_executable("redis-server"), str(config)]
 
@@ -458,3 +467,318 @@ class LocalRedis(LocalService):
                 return False
             # -NOAUTH proves the server is up just as well as +PONG.
             return answer.startswith((b"+PONG", b"-NOAUTH"))
+
+
+# -- Redis Cluster ------------------------------------------------------------------------------
+
+CLUSTER_SLOTS = 16384
+_CLUSTER_START_TIMEOUT_S = 30.0
+# How long a node may be unreachable before the others mark it failed (and, with replicas, fail
+# over): redis-server's default is 15 s; a test cluster should notice a killed node quickly.
+_CLUSTER_NODE_TIMEOUT_MS = 1000
+
+
+def _cluster_query(host: str, port: int, *args: str) -> Any:
+    """One command to one node (not cluster-routed), replies decoded; raises RedisError."""
+    client = redis.Redis(
+        host=host, port=port, socket_timeout=1.0, socket_connect_timeout=1.0,
+        decode_responses=True,
+    )  # fmt: skip
+    try:
+        # redis-py leaves execute_command unannotated.
+        return client.execute_command(*args)  # type: ignore[no-untyped-call]
+    finally:
+        client.close()
+
+
+class LocalRedisClusterNode(LocalRedis):
+    """One node of a :class:`LocalRedisCluster`: a :class:`LocalRedis` with ``cluster-enabled``.
+
+    Its cluster bus listens on ``bus_port``, set explicitly with ``cluster-port`` (Redis >= 7.0)
+    rather than left at ``port + 10000``: that default can be taken, or past 65535 for a port
+    from the ephemeral range.  Both ports are chosen afresh while the node has never run (a
+    taken one makes :meth:`start` retry with new ones) and kept after that, and so is
+    ``nodes.conf`` (the node's id and its view of the cluster) in ``workdir``: a node killed and
+    started again rejoins the cluster as itself.  Without ``appendonly`` its keys are lost.
+    """
+
+    name = "redis-node"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        workdir: str | Path | None = None,
+        *,
+        bus_port: int | None = None,
+        appendonly: bool = False,
+        node_timeout_ms: int = _CLUSTER_NODE_TIMEOUT_MS,
+    ) -> None:
+        super().__init__(port, workdir, appendonly=appendonly)
+        self.bus_port = bus_port or 0
+        self._bus_fixed = bus_port is not None
+        self.node_timeout_ms = node_timeout_ms
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def start(self) -> Self:
+        super().start()
+        self._bus_fixed = True  # it ran with this bus port: the other nodes know it by it now
+        return self
+
+    def _config_lines(self) -> list[str]:
+        if not self._bus_fixed:
+            self.bus_port = free_port(self.host)
+            while self.bus_port == self.port:
+                self.bus_port = free_port(self.host)
+        return [
+            *super()._config_lines(),
+            "cluster-enabled yes",
+            "cluster-config-file nodes.conf",
+            f"cluster-port {self.bus_port}",
+            f"cluster-node-timeout {self.node_timeout_ms}",
+            # A replica's first full sync would otherwise wait 5 s for more replicas to share it.
+            "repl-diskless-sync-delay 0",
+        ]
+
+    def query(self, *args: str) -> Any:
+        """Send one command to this node alone (no cluster routing); replies as str."""
+        return _cluster_query(self.host, self.port, *args)
+
+    def cluster_info(self) -> dict[str, str]:
+        """``CLUSTER INFO`` as a dict (``cluster_state``, ``cluster_known_nodes``, ...)."""
+        reply = self.query("CLUSTER", "INFO")
+        if isinstance(reply, dict):
+            return {str(k): str(v) for k, v in reply.items()}
+        return dict(line.split(":", 1) for line in str(reply).splitlines() if ":" in line)
+
+    def node_id(self) -> str:
+        return str(self.query("CLUSTER", "MYID"))
+
+    def role(self) -> str:
+        """``master`` or ``slave``, as the node itself says now (failovers swap them)."""
+        return str(self.query("ROLE")[0])
+
+
+class LocalRedisCluster:
+    """A private Redis Cluster: ``masters`` masters with ``replicas`` replicas each.
+
+    Every node is a :class:`LocalRedisClusterNode` on its own free loopback ports, in its own
+    directory under one temporary ``workdir``; ``redis-cli --cluster create`` joins them and
+    :meth:`start` returns once ``CLUSTER INFO`` says ``cluster_state:ok`` on every node and
+    each knows all the others.  If anything fails on the way, every node started is stopped.
+
+        with LocalRedisCluster() as cluster:
+            client = redis.cluster.RedisCluster.from_url(cluster.url)
+
+    ``nodes`` are the handles (kill, start and restart one on its ports, then
+    :meth:`wait_ok`); ``url`` is the seed node's ``redis://host:port``, ``startup_nodes``
+    every node's ``(host, port)``.  ``startup_s`` is how long :meth:`start` took.
+    """
+
+    def __init__(
+        self,
+        masters: int = 3,
+        replicas: int = 0,
+        *,
+        workdir: str | Path | None = None,
+        appendonly: bool = False,
+        node_timeout_ms: int = _CLUSTER_NODE_TIMEOUT_MS,
+    ) -> None:
+        if masters < 3:
+            raise ValueError("a Redis Cluster needs at least 3 masters")
+        if replicas < 0:
+            raise ValueError("replicas must be >= 0")
+        self.masters = masters
+        self.replicas = replicas
+        self.appendonly = appendonly
+        self.node_timeout_ms = node_timeout_ms
+        self._owns_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="streamer-redis-cluster-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.nodes: list[LocalRedisClusterNode] = []
+        self.startup_s: float | None = None
+
+    @property
+    def host(self) -> str:
+        return LOOPBACK
+
+    @property
+    def url(self) -> str:
+        """The seed node's ``redis://host:port`` (a cluster client discovers the rest)."""
+        if not self.nodes:
+            raise LocalServiceError("the cluster is not started")
+        seed = self.nodes[0]
+        return f"redis://{seed.host}:{seed.port}"
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        return [node.address for node in self.nodes]
+
+    def start(self) -> Self:
+        """Start every node, create the cluster and wait until it is ok everywhere."""
+        if self.nodes:
+            return self
+        began = time.monotonic()
+        try:
+            for number in range(self.masters * (1 + self.replicas)):
+                node = LocalRedisClusterNode(
+                    workdir=self.workdir / f"node-{number}",
+                    appendonly=self.appendonly,
+                    node_timeout_ms=self.node_timeout_ms,
+                )
+                self.nodes.append(node)
+                node.start()
+            self._create()
+            self.wait_ok(_CLUSTER_START_TIMEOUT_S)
+        except BaseException:
+            self._stop_nodes()
+            raise
+        self.startup_s = time.monotonic() - began
+        return self
+
+    def _create(self) -> None:
+        command = [
+            find_executable("redis-cli"), "--cluster", "create",
+            *(f"{node.host}:{node.port}" for node in self.nodes),
+            "--cluster-replicas", str(self.replicas), "--cluster-yes",
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(
+                command, capture_output=True, timeout=_CLUSTER_START_TIMEOUT_S, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise LocalServiceError("redis-cli --cluster create timed out") from exc
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).decode("utf-8", errors="replace")
+            tail = " | ".join(output.strip().splitlines())[-600:]
+            raise LocalServiceError(f"redis-cli --cluster create failed: {tail}")
+
+    def is_ok(self) -> bool:
+        """True when every running node says ``cluster_state:ok``, knows every node (a killed
+        one stays known, as failed) and maps every slot to a master that is running, and
+        every running replica is in sync with its master.
+
+        The slot map is what makes a kill visible at once: the others take a node timeout to
+        notice that a master is gone, and report ``ok`` until then.  A replica counts once
+        its initial sync is done: until then it could not take over from its master.
+        """
+        running = [node for node in self.nodes if node.is_running()]
+        if not running:
+            return False
+        addresses = {node.address for node in running}
+        for node in running:
+            try:
+                info = node.cluster_info()
+                ranges = node.query("CLUSTER", "SLOTS")
+                role = node.query("ROLE")  # a replica: [slave, host, port, state, offset]
+            except redis.RedisError:
+                return False
+            if (
+                (role[0] == "slave" and role[3] != "connected")
+                or info.get("cluster_state") != "ok"
+                or info.get("cluster_slots_ok") != str(CLUSTER_SLOTS)
+                or info.get("cluster_known_nodes") != str(len(self.nodes))
+                or not self._served_by(ranges, addresses)
+            ):
+                return False
+        return True
+
+    @staticmethod
+    def _served_by(ranges: Any, addresses: set[tuple[str, int]]) -> bool:
+        """True when the ``CLUSTER SLOTS`` reply covers every slot with masters in
+        ``addresses``."""
+        covered = 0
+        for start, end, primary in LocalRedisCluster._slot_ranges(ranges):
+            if primary not in addresses:
+                return False
+            covered += end - start + 1
+        return covered == CLUSTER_SLOTS
+
+    def wait_ok(self, timeout: float = 20.0) -> None:
+        """Wait until :meth:`is_ok`; LocalServiceError with every node's state if it is not.
+
+        A master that has just (re)started reports ``ok`` only about 2 s after its start (Redis
+        gives the cluster time to reconfigure it first), a failover takes about the node
+        timeout plus an election.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.is_ok():
+            if time.monotonic() > deadline:
+                raise LocalServiceError(f"the Redis Cluster is not ok: {self._states()}")
+            time.sleep(0.05)
+
+    def _states(self) -> str:
+        states = []
+        for node in self.nodes:
+            if not node.is_running():
+                states.append(f"{node.port}: stopped")
+                continue
+            try:
+                states.append(f"{node.port}: {node.cluster_info().get('cluster_state')}")
+            except redis.RedisError as exc:
+                states.append(f"{node.port}: {exc}")
+        return ", ".join(states)
+
+    def current_masters(self) -> list[LocalRedisClusterNode]:
+        """The running nodes that are masters now."""
+        return [n for n in self.nodes if n.is_running() and n.role() == "master"]
+
+    def node_for_key(self, key: str | bytes) -> LocalRedisClusterNode:
+        """The master serving ``key``'s slot, as a running node sees the slot map now."""
+        slot = key_slot(key.encode() if isinstance(key, str) else key)
+        for asked in (n for n in self.nodes if n.is_running()):
+            try:
+                ranges = asked.query("CLUSTER", "SLOTS")
+            except redis.RedisError:
+                continue
+            for start, end, primary in self._slot_ranges(ranges):
+                if start <= slot <= end:
+                    for node in self.nodes:
+                        if primary == node.address:
+                            return node
+        raise LocalServiceError(f"no node serves slot {slot}")
+
+    @staticmethod
+    def _slot_ranges(ranges: Any) -> list[tuple[int, int, tuple[str, int]]]:
+        """A ``CLUSTER SLOTS`` reply as (first slot, last slot, master's (host, port))."""
+        # A plain client returns it as RESP: [[start, end, [host, port, id, ...], ...], ...].
+        return [
+            (int(start), int(end), (str(primary[0]), int(primary[1])))
+            for start, end, primary, *_ in ranges
+        ]
+
+    def _stop_nodes(self) -> None:
+        # Their directories go too: a node started later in one with a nodes.conf left behind
+        # would take itself for a member of a cluster that is gone.
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.close()
+            shutil.rmtree(node.workdir, ignore_errors=True)
+        self.nodes = []
+
+    def close(self) -> None:
+        """Stop every node and remove the temporary directory."""
+        self._stop_nodes()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # no __exit__ follows a failed __enter__
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        ports = ",".join(str(node.port) for node in self.nodes) or "not started"
+        return f"LocalRedisCluster(masters={self.masters}, replicas={self.replicas}, ports={ports})"

@@ -15,7 +15,7 @@ so it needs to know no key layout.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -23,6 +23,7 @@ import msgspec
 from streamer.config import IndexDefinition
 from streamer.engine import AuditRecord, SeriesLevel
 from streamer.engine.results import CloseRecord
+from streamer.keys import KeyLayout
 
 SCHEMA_VERSION = 2
 _SCHEMA = b"%d" % SCHEMA_VERSION
@@ -222,15 +223,20 @@ class SeriesEntry(msgspec.Struct, frozen=True):
     constituents: int
     calendar: str
     shard: str
-    keys: dict[str, str]  # hash, channel, history, bars, closes
+    keys: dict[str, str]  # index (hash), history, closes, bars, actions, channel, series_channel
+
+
+def _series_keys(keys: KeyLayout, series: str) -> dict[str, str]:
+    entry = keys.directory_entry(series)
+    entry.pop("shard")
+    return entry
 
 
 def directory(
     definitions: Sequence[IndexDefinition],
     members: dict[str, int],
     calendars: Sequence[str],
-    keys_of: Callable[[str], dict[str, str]],
-    shard: str = "",
+    keys: KeyLayout,
 ) -> dict[str, bytes]:
     """The directory ``P:series``: series id -> its :class:`SeriesEntry` as JSON, for every
     variant of every index (``members``: constituents per index; ``calendars``: each
@@ -249,8 +255,8 @@ def directory(
                 method=d.method,
                 constituents=members.get(d.id, 0),
                 calendar=calendar,
-                shard=shard,
-                keys=keys_of(series),
+                shard=keys.shard or "",
+                keys=_series_keys(keys, series),
             )
             entries[series] = _json.encode(entry)
     return entries

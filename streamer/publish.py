@@ -44,6 +44,7 @@ from streamer.endpoints import RedisEndpoint
 from streamer.engine import AuditRecord, SeriesLevel
 from streamer.engine.results import CloseRecord
 from streamer.errors import StreamerError
+from streamer.keys import KeyLayout
 from streamer.metrics import Metrics
 from streamer.outputs import (
     Bar,
@@ -69,6 +70,8 @@ MAX_PENDING_RECEIPTS = 200_000
 CLOSES_MAXLEN = 100_000
 # Commands in one transaction at most: ~700 series, ~2 ms of Redis.
 CHUNK_COMMANDS = 2_000
+# Directory entries per HSET.
+DIRECTORY_CHUNK = 500
 # Estimated Redis memory of one stream entry (a stream stores the field names once per node),
 # for the history memory budget.
 HISTORY_ENTRY_BYTES = 160
@@ -87,30 +90,32 @@ REMINDER_S = 60.0
 RedisState = Literal["connected", "unreachable", "refusing_writes"]
 REDIS_STATES: tuple[RedisState, ...] = ("connected", "unreachable", "refusing_writes")
 
+# Both scripts declare every key they touch and start with #!lua, so that on a Redis Cluster
+# they run on the node of their keys' slot and Redis refuses any other name.
+#
 # The audit records of a cycle: each written once even if its cycle is sent again (a cycle
-# that timed out may still have been applied): ``P:actions:written`` holds those written.
-ACTIONS_LUA = b"""
-local actions = KEYS[1]
+# that timed out may still have been applied): KEYS[2] holds those written.
+ACTIONS_LUA = b"""#!lua
 for _, row in ipairs(cmsgpack.unpack(ARGV[2])) do
-  if redis.call('SADD', actions .. ':written', row[1]) == 1 then
-    redis.call('XADD', actions, 'MAXLEN', '~', ARGV[1], '*', unpack(row, 2))
+  if redis.call('SADD', KEYS[2], row[1]) == 1 then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(row, 2))
   end
 end
 return 1
 """
-# A checkpoint: the structural part (when it changed) and the market part, which is written
-# only over the structure of its own revision, so a reader never finds the two mixed.
-STATE_LUA = b"""
-local state = KEYS[1]
+# A checkpoint (KEYS: structure, market, meta, revision): the structural part (when it
+# changed) and the market part, which is written only over the structure of its own
+# revision, so a reader never finds the two mixed.
+STATE_LUA = b"""#!lua
 if ARGV[2] ~= '' then
-  redis.call('SET', state .. 'structure', ARGV[2])
-  redis.call('SET', state .. 'revision', ARGV[1])
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[4], ARGV[1])
 end
-if redis.call('GET', state .. 'revision') ~= ARGV[1] then
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then
   return 0
 end
-redis.call('SET', state .. 'market', ARGV[3])
-redis.call('SET', state .. 'meta', ARGV[4])
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[3], ARGV[4])
 return 2
 """
 CHECKPOINT_WRITTEN = 2
@@ -261,46 +266,30 @@ def history_policy(settings: PublishSettings) -> HistoryPolicy:
     )
 
 
-class _Keys:
-    """Key names under one prefix (README, "Output (Redis)")."""
+class _Names:
+    """The key layout's names as bytes, made once per series (the hot path formats none)."""
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        p = prefix.encode()
-        self.levels = p + b":levels"
-        self.actions = p + b":actions"
-        self.state = p + b":state:"
-        self.directory = p + b":series"
-        self._index = p + b":index:"
-        self._channel = p + b":levels:"
-        self._history = p + b":history:"
-        self._bars = p + b":bars:1m:"
-        self._closes = p + b":closes:"
+    def __init__(self, layout: KeyLayout) -> None:
+        self.layout = layout
+        self.levels = layout.levels_channel().encode()
+        self.actions = [layout.actions().encode(), layout.actions_written().encode()]
+        self.state = [key.encode() for key in layout.state_keys()]  # STATE_PARTS order
+        self.directory = layout.directory().encode()
+        self._series: dict[str, tuple[bytes, bytes, bytes, bytes, bytes]] = {}
 
-    def index(self, series: str) -> bytes:
-        return self._index + series.encode()
-
-    def channel(self, series: str) -> bytes:
-        return self._channel + series.encode()
-
-    def history(self, series: str) -> bytes:
-        return self._history + series.encode()
-
-    def bars(self, series: str) -> bytes:
-        return self._bars + series.encode()
-
-    def closes(self, series: str) -> bytes:
-        return self._closes + series.encode()
-
-    def of(self, series: str) -> dict[str, str]:
-        """A series' keys as the directory lists them."""
-        return {
-            "hash": self.index(series).decode(),
-            "channel": self.channel(series).decode(),
-            "history": self.history(series).decode(),
-            "bars": self.bars(series).decode(),
-            "closes": self.closes(series).decode(),
-        }
+    def of(self, series: str) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+        """Hash, channel, history stream, bars stream and closes stream of a series."""
+        names = self._series.get(series)
+        if names is None:
+            layout = self.layout
+            names = self._series[series] = (
+                layout.index(series).encode(),
+                layout.series_channel(series).encode(),
+                layout.history(series).encode(),
+                layout.bars(series).encode(),
+                layout.closes(series).encode(),
+            )
+        return names
 
 
 class _Transaction:
@@ -328,7 +317,8 @@ class Sent:
     """A cycle written to Redis: its transactions' acknowledgements, in order."""
 
     acks: list[asyncio.Future[Reply]]
-    state_at: int  # position of the checkpoint reply in the first EXEC's array, -1: none
+    state_at: int  # position of the checkpoint reply in the cycle's first EXEC array, -1: none
+    first: int = 0  # the index in acks of the cycle's first transaction
 
 
 class RedisPublisher:
@@ -339,14 +329,14 @@ class RedisPublisher:
     def __init__(
         self,
         endpoint: RedisEndpoint,
-        prefix: str,
+        keys: KeyLayout,
         actions_maxlen: int,
         clock: Callable[[], int] = time.time_ns,
         history: HistoryPolicy | None = None,
     ) -> None:
         self.endpoint = endpoint
-        self.prefix = prefix
-        self.keys = _Keys(prefix)
+        self.keys = keys
+        self._names = _Names(keys)
         self.actions_maxlen = actions_maxlen
         self.history = history or HistoryPolicy()
         self._clock = clock
@@ -362,7 +352,7 @@ class RedisPublisher:
         self.exec_errors = 0  # command errors inside transactions (e.g. a foreign key type)
 
     def index_key(self, series: str) -> str:
-        return self.keys.index(series).decode()
+        return self.keys.index(series)
 
     @property
     def is_open(self) -> bool:
@@ -384,7 +374,7 @@ class RedisPublisher:
             await self._open()
         transaction = _Transaction()
         for s in series:
-            transaction.add(b"HGET", self.keys.index(s), b"seq")
+            transaction.add(b"HGET", self._names.of(s)[0], b"seq")
         request, replies = transaction.packed()
         try:
             reply = await asyncio.wait_for(self._pipe.call(request, replies), 10.0)
@@ -403,20 +393,61 @@ class RedisPublisher:
         checkpoint: Blobs | None = None,
         directory: dict[str, bytes] | None = None,
     ) -> Sent:
-        """Write one cycle without waiting for Redis: its transactions' futures resolve when
-        Redis has applied them (``received_ns``: the acknowledgement time)."""
+        """Write one cycle without waiting for Redis: its requests' futures resolve when
+        Redis has applied them (``received_ns``: the acknowledgement time).  The directory,
+        when given, goes first, in requests of its own: it is one key for every shard, so on
+        a cluster it is in no shard's slot."""
         try:
             if not self._pipe.is_open:
                 await self._open()
             publish_ns = self._clock()
-            transactions = self._build(levels, audit, closes, checkpoint, directory, publish_ns)
+            transactions = self._build(levels, audit, closes, checkpoint, publish_ns)
             acks = []
+            if directory:
+                names = self._names
+                entries = list(directory.items())
+                for lo in range(0, len(entries), DIRECTORY_CHUNK):
+                    fields = [
+                        x for s, e in entries[lo : lo + DIRECTORY_CHUNK] for x in (s.encode(), e)
+                    ]
+                    acks.append(await self._pipe.send(pack(b"HSET", names.directory, *fields)))
+            first = len(acks)
             for transaction in transactions:
                 request, replies = transaction.packed()
                 acks.append(await self._pipe.send(request, replies))
-            return Sent(acks, transactions[0].state_at)
+            return Sent(acks, transactions[0].state_at, first)
         except PipeError as exc:
             raise PublishError(str(exc)) from exc
+
+    async def prune_directory(self, series: Iterable[str]) -> int:
+        """Remove the directory entries of this shard's series that are no longer configured
+        (entries of other shards are theirs to keep); returns how many went."""
+        names = self._names
+        shard = self.keys.shard or ""
+        keep = set(series)
+        try:
+            reply = await asyncio.wait_for(self._pipe.call(pack(b"HGETALL", names.directory)), 10.0)
+        except (PipeError, TimeoutError) as exc:
+            raise PublishError(f"reading the directory: {exc}") from exc
+        values = reply.value if isinstance(reply.value, list) else []
+        stale = []
+        for name, value in zip(values[::2], values[1::2], strict=True):
+            if name.decode(errors="replace") in keep:
+                continue
+            try:
+                owner = msgspec.json.decode(value).get("shard", "")
+            except (msgspec.DecodeError, AttributeError):
+                owner = shard  # not an entry at all: ours to clean up
+            if owner == shard:
+                stale.append(name)
+        if stale:
+            try:
+                await asyncio.wait_for(
+                    self._pipe.call(pack(b"HDEL", names.directory, *stale)), 10.0
+                )
+            except (PipeError, TimeoutError) as exc:
+                raise PublishError(f"pruning the directory: {exc}") from exc
+        return len(stale)
 
     async def publish(
         self,
@@ -439,29 +470,22 @@ class RedisPublisher:
         audit: Sequence[AuditRecord],
         closes: Sequence[CloseRecord],
         checkpoint: Blobs | None,
-        directory: dict[str, bytes] | None,
         publish_ns: int,
     ) -> list[_Transaction]:
-        keys = self.keys
+        names = self._names
         first = _Transaction()
         transactions = [first]
-        if directory is not None:
-            first.add(b"DEL", keys.directory)
-            entries = list(directory.items())
-            for lo in range(0, len(entries), 500):
-                chunk = entries[lo : lo + 500]
-                first.add(b"HSET", keys.directory, *(x for s, e in chunk for x in (s.encode(), e)))
         if audit:
             rows = _msgpack.encode([audit_row(r, publish_ns) for r in audit])
-            first.add(b"EVALSHA", self._actions_sha, b"1", keys.actions,
+            first.add(b"EVALSHA", self._actions_sha, b"2", *names.actions,
                       b"%d" % self.actions_maxlen, rows)  # fmt: skip
         for record in closes:
-            first.add(b"XADD", keys.closes(record.series), b"MAXLEN", b"~", b"%d" % CLOSES_MAXLEN,
-                      b"*", *close_row(record))  # fmt: skip
+            first.add(b"XADD", names.of(record.series)[4], b"MAXLEN", b"~",
+                      b"%d" % CLOSES_MAXLEN, b"*", *close_row(record))  # fmt: skip
         if checkpoint is not None:
             first.state_at = len(first)
             first.add(
-                b"EVALSHA", self._state_sha, b"1", keys.state,
+                b"EVALSHA", self._state_sha, b"4", *names.state,
                 b"%d" % checkpoint.revision, checkpoint.structure or b"", checkpoint.market,
                 checkpoint.meta,
             )  # fmt: skip
@@ -475,31 +499,32 @@ class RedisPublisher:
         for level in levels:
             if len(current) >= CHUNK_COMMANDS:
                 if batch:
-                    current.add(b"PUBLISH", keys.levels, batch_message(batch))
+                    current.add(b"PUBLISH", names.levels, batch_message(batch))
                     batch = []
                 current = _Transaction()
                 transactions.append(current)
             series = level.series
+            index_key, channel, history, _, _ = names.of(series)
             seq = seqs[series] = seqs.get(series, 0) + 1
             published = level_record(level, seq, publish_ns)
             fields = level_fields(published)
-            current.add(b"HSET", keys.index(series), *fields)
-            current.add(b"PUBLISH", keys.channel(series), published.message)
+            current.add(b"HSET", index_key, *fields)
+            current.add(b"PUBLISH", channel, published.message)
             if now_ms >= due.get(series, 0):
                 due[series] = now_ms + policy.interval_ms
-                current.add(b"XADD", keys.history(series), b"MINID", b"~", history_cutoff, b"*",
+                current.add(b"XADD", history, b"MINID", b"~", history_cutoff, b"*",
                             *fields)  # fmt: skip
             self._add_to_bar(series, published)
             batch.append(published)
         if batch:
-            current.add(b"PUBLISH", keys.levels, batch_message(batch))
+            current.add(b"PUBLISH", names.levels, batch_message(batch))
         if self._pending_bars:
             bars_cutoff = b"%d" % max(0, now_ms - policy.bars_retention_ms)
             for series, bar in self._pending_bars:
                 if len(current) >= CHUNK_COMMANDS:
                     current = _Transaction()
                     transactions.append(current)
-                current.add(b"XADD", keys.bars(series), b"MINID", b"~", bars_cutoff, b"*",
+                current.add(b"XADD", names.of(series)[3], b"MINID", b"~", bars_cutoff, b"*",
                             *bar_row(bar))  # fmt: skip
             self._pending_bars = []
         return transactions
@@ -620,6 +645,7 @@ class PublishLoop:
         self._on_durable = on_durable or (lambda acks: None)
         self._directory = directory
         self._directory_due = directory is not None
+        self._directory_pruned = False
         self.connected = False
         self.state: RedisState = "unreachable"
         self.problem = "redis not connected yet"
@@ -709,7 +735,9 @@ class PublishLoop:
             self.cap.published_all((level.series for level in levels), now)
         checkpoint = self.checkpoints.take(force=force_checkpoint or bool(acks) or bool(audit))
         directory = None
-        if self._directory is not None and (self._directory_due or everything):
+        # The directory when it changed, and after a resync (Redis may have lost it); not on
+        # every timer cycle of interval mode.
+        if self._directory is not None and (self._directory_due or self._resync):
             directory = self._directory()
             self._directory_due = False
         if not levels and not audit and not closes and checkpoint is None and directory is None:
@@ -777,7 +805,7 @@ class PublishLoop:
         for reply in replies:
             self._count_exec_errors(reply.value)
         if cycle.checkpoint is not None:
-            results = replies[0].value
+            results = replies[cycle.sent.first].value
             state_at = cycle.sent.state_at
             written = (
                 isinstance(results, list)
@@ -910,6 +938,13 @@ class PublishLoop:
                 await self.publisher.ping()
                 if not self.publisher.sequences_loaded:
                     await self.publisher.load_sequences(self._all_series())
+                if self._directory is not None and not self._directory_pruned:
+                    # Once per run: series a previous config had are no longer listed.
+                    pruned = await self.publisher.prune_directory(self._directory())
+                    self._directory_pruned = True
+                    if pruned:
+                        log.info("directory: series no longer configured removed",
+                                 extra={"fields": {"count": pruned}})  # fmt: skip
             except PublishError as exc:
                 reraise_if_cancelled()
                 self._metrics.redis_errors.inc()

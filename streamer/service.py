@@ -43,6 +43,7 @@ from streamer.engine.snapshot import restore
 from streamer.errors import StateError, StreamerError
 from streamer.ingest import CONFLATED, INBOX_FULL, RawInbox
 from streamer.ingest.transport import MqttIngest
+from streamer.keys import KeyLayout
 from streamer.logs import ThrottledLog
 from streamer.metrics import Metrics
 from streamer.outputs import directory
@@ -52,7 +53,7 @@ from streamer.persistence.checkpoint import (
     InlineCheckpoints,
     WrittenCheckpoints,
 )
-from streamer.persistence.stores import DirectoryStore, Stored, parse_stored, state_keys
+from streamer.persistence.stores import DirectoryStore, Stored, parse_stored
 from streamer.pipeline import Pipeline, Step
 from streamer.publish import Outbox, PublishLoop, RedisPublisher, history_policy
 from streamer.sessions import session_rules
@@ -117,7 +118,7 @@ class Service:
         self.redis = redis_client(settings.redis)
         self.publisher = RedisPublisher(
             parse_redis_url(settings.redis.url, settings.redis.password),
-            settings.redis.prefix,
+            KeyLayout(settings.redis.prefix),
             settings.redis.actions_maxlen,
             clock,
             history_policy(settings.publish).for_series(
@@ -189,7 +190,7 @@ class Service:
             engine.definitions,
             engine.member_counts(),
             engine.calendar_of,
-            self.publisher.keys.of,
+            self.publisher.keys,
         )
 
     def _levels(self, series: Iterable[str] | None) -> list[SeriesLevel]:
@@ -265,7 +266,7 @@ class Service:
         if self.directory is not None:
             return await asyncio.to_thread(self.directory.read)
         backoff = Backoff(base_s=0.1, cap_s=5.0)
-        keys = state_keys(self.settings.redis.prefix)
+        keys = self.publisher.keys.state_keys()
         waiting_since: float | None = None
         while True:
             try:

@@ -1,7 +1,7 @@
 """Shared fixtures: private mosquitto and redis-server processes, and service configs.
 
 The servers are function-scoped so that fault tests can kill and restart them freely; each
-starts in a few tens of milliseconds.
+starts in a few tens of milliseconds (a Redis Cluster in about 2 s).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from streamer.localservices import LocalMosquitto, LocalRedis, free_port
+from streamer.localservices import LocalMosquitto, LocalRedis, LocalRedisCluster, free_port
 
 # Hand-checkable indices used by the service tests.
 #   PX3: price-weighted, divisor 0.5 -> level = (AAA + BBB + CCC) / 0.5
@@ -133,6 +133,14 @@ def redis_server() -> Iterator[LocalRedis]:
     """A private redis-server on a free loopback port, without persistence."""
     with LocalRedis() as server:
         yield server
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[LocalRedisCluster]:
+    """A private three-master Redis Cluster (about 2 s to start: Redis holds a master that
+    has just started back for 2 s before it reports the cluster ok)."""
+    with LocalRedisCluster() as cluster:
+        yield cluster
 
 
 ServiceConfigFactory = Callable[..., ServiceConfig]

@@ -1,30 +1,57 @@
-"""Write the two manifests that copy files kept elsewhere in the repository.
+"""Write the manifests that are made from files kept elsewhere in the repository.
 
     python deploy/k8s/generate.py          # rewrite them
-    python deploy/k8s/generate.py --check  # exit 1 if either is out of date
+    python deploy/k8s/generate.py --check  # exit 1 if any is out of date
+
+(``python``: the checkout's ``.venv/bin/python``, which has PyYAML and streamer.)
 
 - indices-configmap.yaml: ConfigMap ``streamer-indices`` holding every file of config/indices
   (what ``kubectl create configmap streamer-indices --from-file=config/indices`` would make);
 - prometheusrule.yaml: PrometheusRule ``streamer`` holding the groups of
-  deploy/prometheus/alerts.yml, for clusters run by the Prometheus Operator.
+  deploy/prometheus/alerts.yml, for clusters run by the Prometheus Operator;
+- shards.yaml: for every shard of shards.toml, a StatefulSet ``streamer-<shard>`` made from
+  templates/statefulset.yaml (its name, a ``shard`` label, its indices and MQTT topics, a
+  preference for its two pods to run on different nodes) and a PodDisruptionBudget.
 
 Kustomize cannot read files outside deploy/k8s, hence copies; the test suite checks they are
-current, so alerts.yml and config/indices stay the single sources.
+current, so alerts.yml, config/indices, shards.toml and the template stay the single sources.
 """
 
 from __future__ import annotations
 
+import copy
+import glob
+import re
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from streamer.config import load_index, validate_symbol, validate_topic_filter
+from streamer.keys import KeyLayout
+from streamer.tools.tick_encoding import topic_for
+
 K8S_DIR = Path(__file__).resolve().parent
 REPO = K8S_DIR.parent.parent
 INDICES_DIR = REPO / "config" / "indices"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
+SHARDS = K8S_DIR / "shards.toml"
+TEMPLATE = K8S_DIR / "templates" / "statefulset.yaml"
 LABELS = {"app.kubernetes.io/name": "streamer"}
+SHARD_LABEL = "shard"
+# Where the pod mounts the indices ConfigMap, relative to the config file's directory.
+POD_INDICES_DIR = "../indices"
+# Every shard also needs FX rates, corporate actions (each applies its own) and references.
+COMMON_TOPICS = ("fx/#", "control/#", "reference/#")
+# A DNS-1123 label; "streamer-" + name + "-" + the 10-character revision hash the controller
+# puts in a pod label must stay within 63 characters.
+_SHARD_NAME = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,41}[a-z0-9])?")
+
+
+class ShardError(ValueError):
+    """shards.toml is not a valid sharding of config/indices."""
 
 
 class _BlockDumper(yaml.SafeDumper):
@@ -78,17 +105,144 @@ def prometheus_rule() -> str:
     return _dump(header, document)
 
 
+def load_shards() -> list[dict[str, Any]]:
+    """shards.toml, checked: valid names, globs matching index files, every index in exactly
+    one shard; each shard with ``files`` (index file names) and ``topics`` added."""
+    shards: list[dict[str, Any]] = tomllib.loads(SHARDS.read_text(encoding="utf-8"))["shard"]
+    owner: dict[str, str] = {}
+    for shard in shards:
+        unknown = set(shard) - {"name", "indices", "symbols", "topics"}
+        if unknown or not shard.get("name") or not shard.get("indices"):
+            raise ShardError(
+                f"shard {shard.get('name')!r}: give `name` and `indices` (and optionally "
+                f"`symbols` or `topics`){', not ' + ', '.join(sorted(unknown)) if unknown else ''}"
+            )
+        if "symbols" in shard and "topics" in shard:
+            raise ShardError(f"shard {shard['name']!r}: give `symbols` or `topics`, not both")
+        for symbol in shard.get("symbols", []):
+            if problem := validate_symbol(symbol):
+                raise ShardError(f"shard {shard['name']!r}: symbol {symbol!r}: {problem}")
+        name = shard["name"]
+        if not _SHARD_NAME.fullmatch(name):
+            raise ShardError(f"shard name {name!r}: lowercase letters, digits and '-', 1-43")
+        KeyLayout("streamer", shard=name, cluster=True)  # the service's key names accept it
+        if any(other["name"] == name for other in shards if other is not shard):
+            raise ShardError(f"shard {name!r} is listed twice")
+        files: list[str] = []
+        for pattern in shard["indices"]:
+            if "/" in pattern:
+                raise ShardError(f"shard {name!r}: {pattern!r}: name files in config/indices")
+            matched = sorted(Path(m).name for m in glob.glob(str(INDICES_DIR / pattern)))
+            if not matched:
+                raise ShardError(f"shard {name!r}: no index definition matches {pattern!r}")
+            files += [m for m in matched if m not in files]
+        for file in files:
+            if file in owner:
+                raise ShardError(f"{file} is in shards {owner[file]!r} and {name!r}")
+            owner[file] = name
+        shard["files"] = files
+        shard["topics"] = list(
+            shard.get("topics") or _constituent_topics(files, shard.get("symbols", []))
+        )
+        for topic in shard["topics"]:
+            problem = validate_topic_filter(topic) or ("has a comma" if "," in topic else None)
+            if problem:
+                raise ShardError(f"shard {name!r}: topic {topic!r}: {problem}")
+    unsharded = sorted({p.name for p in INDICES_DIR.glob("*.toml")} - set(owner))
+    if unsharded:
+        raise ShardError(f"in no shard: {', '.join(unsharded)}")
+    return shards
+
+
+def _constituent_topics(files: list[str], extra: list[str]) -> list[str]:
+    """``ticks/<symbol>`` for every constituent of ``files`` and every ``extra`` symbol, then
+    the topics every shard needs."""
+    symbols = {c.symbol for f in files for c in load_index(INDICES_DIR / f).constituents}
+    symbols.update(extra)
+    return [topic_for("ticks", symbol) for symbol in sorted(symbols)] + list(COMMON_TOPICS)
+
+
+def statefulset(shard: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:
+    name = shard["name"]
+    document = copy.deepcopy(template)
+    document["metadata"]["name"] = f"streamer-{name}"
+    spec = document["spec"]
+    pod = spec["template"]
+    for labels in (document["metadata"]["labels"], spec["selector"]["matchLabels"]):
+        labels[SHARD_LABEL] = name
+    pod["metadata"]["labels"][SHARD_LABEL] = name
+    # Two pods of one shard on one node would lose the shard together with the node.
+    pod["spec"]["affinity"] = {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "labelSelector": {"matchLabels": dict(spec["selector"]["matchLabels"])},
+                        "topologyKey": "kubernetes.io/hostname",
+                    },
+                }
+            ]
+        }
+    }
+    (container,) = pod["spec"]["containers"]
+    container["env"] += [
+        {"name": "STREAMER_SHARD_NAME", "value": name},
+        {
+            "name": "STREAMER_INDICES",
+            "value": ",".join(f"{POD_INDICES_DIR}/{p}" for p in shard["indices"]),
+        },
+        # One filter a line (the loader strips the whitespace around each).
+        {"name": "STREAMER_MQTT_TOPICS", "value": ",\n".join(shard["topics"])},
+    ]
+    return document
+
+
+def disruption_budget(shard: dict[str, Any], selector: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": f"streamer-{shard['name']}", "labels": dict(selector)},
+        # A drain evicts one pod of the shard at a time: the other keeps (or takes) the lease.
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(selector)}},
+    }
+
+
+def shard_manifests() -> str:
+    template = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))
+    documents: list[dict[str, Any]] = []
+    for shard in load_shards():
+        workload = statefulset(shard, template)
+        documents += [
+            workload,
+            disruption_budget(shard, workload["spec"]["selector"]["matchLabels"]),
+        ]
+    body = yaml.dump_all(documents, Dumper=_BlockDumper, sort_keys=False, width=100)
+    header = (
+        "# GENERATED by deploy/k8s/generate.py from shards.toml, templates/statefulset.yaml and\n"
+        "# config/indices: edit those and rerun.  Per shard: a StatefulSet of two pods (the\n"
+        "# lease holder publishes, the other is its hot standby) and a PodDisruptionBudget.\n"
+    )
+    return header + body
+
+
 def outputs() -> dict[Path, str]:
     return {
         K8S_DIR / "indices-configmap.yaml": indices_configmap(),
         K8S_DIR / "prometheusrule.yaml": prometheus_rule(),
+        K8S_DIR / "shards.yaml": shard_manifests(),
     }
 
 
 def main(argv: list[str]) -> int:
     check = argv == ["--check"]
     stale = []
-    for path, text in outputs().items():
+    try:
+        generated = outputs()
+    except ShardError as exc:
+        print(f"{SHARDS.relative_to(REPO)}: {exc}", file=sys.stderr)
+        return 2
+    for path, text in generated.items():
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == text:
             continue

@@ -27,8 +27,9 @@ from streamer.engine.arrays import column
 from streamer.engine.snapshot import Snapshot, encode_part
 from streamer.engine.universe import MARKET_COLUMNS
 from streamer.errors import StateError
+from streamer.keys import KeyLayout
 from streamer.persistence.checkpoint import Blobs, Meta
-from streamer.persistence.stores import DirectoryStore, Stored, parse_stored, state_keys
+from streamer.persistence.stores import DirectoryStore, Stored, parse_stored
 
 HELP = "show, export or reset the state the service stored (checkpoints)"
 
@@ -92,7 +93,7 @@ class _Store:
         if self.directory is not None:
             return self.directory.read()
         try:
-            values = self._redis().mget(state_keys(self.prefix))
+            values = self._redis().mget(KeyLayout(self.prefix).state_keys())
         except Exception as exc:
             raise StateError(f"cannot read the state from redis: {exc}") from None
         return parse_stored(values[0], values[1], values[2])
@@ -101,7 +102,7 @@ class _Store:
         if self.directory is not None:
             self.directory.write(blobs)
             return
-        keys = state_keys(self.prefix)
+        keys = KeyLayout(self.prefix).state_keys()
         assert blobs.structure is not None
         values = [blobs.structure, blobs.market, blobs.meta, b"%d" % blobs.revision]
         self._redis().mset(dict(zip(keys, values, strict=True)))
@@ -110,7 +111,7 @@ class _Store:
         if self.directory is not None:
             self.directory.delete()
         else:
-            self._redis().delete(*state_keys(self.prefix))
+            self._redis().delete(*KeyLayout(self.prefix).state_keys())
 
 
 def _summary(stored: Stored, only: list[str], where: str) -> dict[str, Any]:

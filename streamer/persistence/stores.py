@@ -23,13 +23,6 @@ from streamer.engine.snapshot import Snapshot, decode_parts
 from streamer.errors import StateError
 from streamer.persistence.checkpoint import Blobs, Meta, decode_meta
 
-STATE_PARTS = ("structure", "market", "meta", "revision")
-
-
-def state_keys(prefix: str) -> list[str]:
-    """The Redis keys of a checkpoint, in STATE_PARTS order."""
-    return [f"{prefix}:state:{part}" for part in STATE_PARTS]
-
 
 @dataclass(frozen=True, slots=True)
 class Stored:

@@ -22,8 +22,11 @@ from streamer.backoff import Backoff
 from streamer.config import RedisSettings
 from streamer.endpoints import parse_redis_url
 from streamer.engine import AuditRecord, SeriesLevel
+from streamer.engine.results import CloseRecord
+from streamer.keys import KeyLayout
 from streamer.localservices import LocalRedis
 from streamer.metrics import Metrics, observe_many
+from streamer.persistence.checkpoint import Blobs
 from streamer.publish import ACK_TIMEOUT_S, HistoryPolicy, Outbox, PublishLoop, RedisPublisher
 from streamer.service import redis_client
 from tests.integration.harness import Store, eventually
@@ -57,7 +60,7 @@ def publisher_for(
     clock: Callable[[], int] = time.time_ns,
     history: HistoryPolicy | None = None,
 ) -> RedisPublisher:
-    return RedisPublisher(parse_redis_url(server.url), prefix, 100, clock, history)
+    return RedisPublisher(parse_redis_url(server.url), KeyLayout(prefix), 100, clock, history)
 
 
 class Clock:
@@ -113,6 +116,30 @@ async def test_one_cycle_writes_hash_channels_history_and_actions(
     assert action["schema"] == str(outputs.SCHEMA_VERSION)
     assert float(action["divisor_before"]) == 0.5 and float(action["divisor_after"]) == 0.25
     pubsub.close()
+    await publisher.close()
+
+
+async def test_every_key_a_cycle_writes_is_named_by_the_key_layout(
+    redis_server: LocalRedis,
+) -> None:
+    """streamer.keys names exactly what a publish cycle writes."""
+    minute_ns = 1_763_700_000_000 // 60_000 * 60_000 * 1_000_000
+    clock = Clock(minute_ns)
+    publisher = publisher_for(redis_server, "pfx", clock)
+    audit = AuditRecord("ca-1", "split", "PX", "AAA", 7, 0.5, 0.25, 350.0, 350.0)
+    close = CloseRecord("PX", "PX", "2025-11-21", 42, 101.0, 0.5, 101.0, 101.0, 101.0, 0.0, 0.0)
+    checkpoint = Blobs(structure=b"s", market=b"m", meta=b"x", revision=1)
+    levels = [series_level("PX", 101.0), series_level("PX.TR", 102.0)]
+    sent = await publisher.send(levels, [audit], [close], checkpoint, {"PX": b"{}", "PX.TR": b"{}"})
+    await sent.acks[-1]
+    clock.now += 60_000_000_000  # the next minute: the bars of the first are written
+    await publisher.publish(levels)
+    store = sync_client(redis_server)
+    written = set(store.client.keys("*"))
+    keys = KeyLayout("pfx")
+    expected = set(keys.cycle_keys(["PX", "PX.TR"])) | {keys.directory()}
+    expected -= {keys.lease(), keys.closes("PX.TR")}  # no lease yet; no close of PX.TR
+    assert written == expected
     await publisher.close()
 
 
@@ -360,36 +387,69 @@ async def test_a_capped_series_always_ends_at_its_newest_level(redis_server: Loc
         pubsub.close()
 
 
-async def test_the_directory_lists_every_series_and_is_rewritten_when_it_changes(
-    redis_server: LocalRedis,
-) -> None:
-    current = {"A": series_level("A", 1.0)}
-    members = {"A": 3}
+def directory_loop(
+    server: LocalRedis, members: dict[str, int], shard: str | None = None
+) -> PublishLoop:
+    """A publish loop whose directory lists ``members`` (series -> constituents)."""
+    current = {s: series_level(s, 1.0) for s in members}
 
     def directory() -> dict[str, bytes]:
-        return {s: json.dumps({"id": s, "constituents": n}).encode() for s, n in members.items()}
+        return {
+            s: json.dumps({"id": s, "constituents": n, "shard": shard or ""}).encode()
+            for s, n in members.items()
+        }
 
-    loop = PublishLoop(
-        publisher_for(redis_server),
+    publisher = RedisPublisher(parse_redis_url(server.url), KeyLayout("p", shard), 100)
+    return PublishLoop(
+        publisher,
         lambda wanted: [lv for s, lv in current.items() if wanted is None or s in wanted],
         Outbox(),
         Metrics(),
         directory=directory,
     )
-    store = sync_client(redis_server)
+
+
+@asynccontextmanager
+async def running(loop: PublishLoop) -> AsyncIterator[PublishLoop]:
     task = asyncio.create_task(loop.run())
     try:
-        await eventually(lambda: store.client.hlen("p:series") == 1)
-        assert json.loads(store.hget("p:series", "A") or "null") == {"id": "A", "constituents": 3}
-        members.pop("A")
-        members["B"] = 5  # a series gone, another new: the directory is replaced whole
-        loop.directory_changed()
-        await eventually(lambda: store.client.hkeys("p:series") == ["B"])
-        # A Redis restart loses the directory; the resync after it writes it again.
-        await asyncio.to_thread(redis_server.stop, False)
-        await asyncio.to_thread(redis_server.start)
-        await eventually(lambda: store.client.hkeys("p:series") == ["B"])
+        yield loop
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await loop.publisher.close()
+
+
+def directory_entries(store: Store) -> dict[str, dict[str, object]]:
+    return {s: json.loads(e) for s, e in store.hgetall("p:series").items()}
+
+
+async def test_the_directory_lists_every_series_and_is_rewritten_when_it_changes(
+    redis_server: LocalRedis,
+) -> None:
+    members = {"A": 3}
+    store = sync_client(redis_server)
+    async with running(directory_loop(redis_server, members)) as loop:
+        await eventually(lambda: "A" in directory_entries(store))
+        assert directory_entries(store)["A"]["constituents"] == 3
+        members["A"] = 4  # e.g. an add action
+        loop.directory_changed()
+        await eventually(lambda: directory_entries(store)["A"]["constituents"] == 4)
+        # A Redis restart loses the directory; the resync after it writes it again.
+        await asyncio.to_thread(redis_server.stop, False)
+        await asyncio.to_thread(redis_server.start)
+        await eventually(lambda: "A" in directory_entries(store))
+
+
+async def test_a_restart_with_another_config_prunes_only_its_own_shards_old_series(
+    redis_server: LocalRedis,
+) -> None:
+    store = sync_client(redis_server)
+    async with running(directory_loop(redis_server, {"A": 1, "OLD": 1}, "one")):
+        await eventually(lambda: set(directory_entries(store)) == {"A", "OLD"})
+    async with running(directory_loop(redis_server, {"G": 1}, "two")):
+        await eventually(lambda: set(directory_entries(store)) == {"A", "OLD", "G"})
+    # Shard "one" restarts without OLD: its entry goes, shard "two"'s stays.
+    async with running(directory_loop(redis_server, {"A": 2}, "one")):
+        await eventually(lambda: set(directory_entries(store)) == {"A", "G"})
+        await eventually(lambda: directory_entries(store)["A"]["constituents"] == 2)

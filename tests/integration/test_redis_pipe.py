@@ -8,6 +8,7 @@ import pytest
 
 from streamer.endpoints import parse_redis_url
 from streamer.engine import SeriesLevel
+from streamer.keys import KeyLayout
 from streamer.localservices import LocalRedis
 from streamer.publish import RedisPublisher
 from streamer.redis_pipe import CommandPipe, PipeError, ReplyError, pack
@@ -92,7 +93,7 @@ async def test_the_handshake_authenticates_and_selects_the_database() -> None:
 
 
 async def test_cycles_in_flight_are_applied_in_order(redis_server: LocalRedis) -> None:
-    publisher = RedisPublisher(parse_redis_url(redis_server.url), "p", 1000)
+    publisher = RedisPublisher(parse_redis_url(redis_server.url), KeyLayout("p"), 1000)
     sent = [await publisher.send([level("X", 100.0 + i)]) for i in range(40)]
     received = [(await s.acks[-1]).received_ns for s in sent]
     assert received == sorted(received)
