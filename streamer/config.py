@@ -131,6 +131,8 @@ class RedisSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
 
 class MetricsSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     listen: str = "127.0.0.1:9108"
+    # Series with per-series gauges (glob patterns over series ids; [] for none).
+    series: tuple[str, ...] = ("*",)
 
 
 class PublishSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -527,6 +529,11 @@ def _validate_settings(s: _SettingsFile, source: _SettingsSource) -> None:
         )
     check("redis.actions_maxlen", _integer_problem(s.redis.actions_maxlen, 1, REDIS_MAX_INTEGER))
     check_endpoint("metrics.listen", parse_listen_address, s.metrics.listen)
+    for pattern in s.metrics.series:
+        if not pattern or _has_space_or_control(pattern):
+            raise source.error(
+                "metrics.series", f"a glob over series ids, without spaces: {pattern!r}"
+            )
     check(
         "publish.interval_ms",
         _integer_problem(s.publish.interval_ms, 0, MAX_PUBLISH_INTERVAL_MS),

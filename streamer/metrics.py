@@ -1,8 +1,9 @@
 """The service's Prometheus metrics, on an injected registry (a fresh one per test).
 
-Names are DESIGN.md's public interface; ``streamer_sum_drift_ratio`` and
-``streamer_constituents`` are added.  The hot path never touches a metric object: latency
-samples and outcome counts are appended to plain Python buffers, and :meth:`Metrics.flush`
+Names are DESIGN.md's public interface; ``streamer_sum_drift_ratio`` is added.  The
+per-series gauges are in ``streamer.series_metrics``.  The hot path never touches a metric
+object: latency samples and outcome counts are appended to plain Python buffers, and
+:meth:`Metrics.flush`
 applies them in bulk (one bucket update per bucket, :func:`observe_many`).  The service flushes
 on a timer and before every scrape, so a scrape always sees every observation; per-tick
 ``observe`` calls cost more than the index arithmetic itself.
@@ -52,27 +53,6 @@ class Metrics:
             "streamer_feed_delay_seconds",
             "Receipt time minus the tick's producer timestamp.",
             buckets=FEED_DELAY_BUCKETS,
-            registry=r,
-        )
-        self.index_level = Gauge(
-            "streamer_index_level", "Latest published index level.", ["index"], registry=r
-        )
-        self.stale_constituents = Gauge(
-            "streamer_stale_constituents",
-            "Constituents of the index without a tick for stale_after_s.",
-            ["index"],
-            registry=r,
-        )
-        self.constituents = Gauge(
-            "streamer_constituents",
-            "Constituents of the index (the denominator of the stale ratio).",
-            ["index"],
-            registry=r,
-        )
-        self.reference_deviation_bps = Gauge(
-            "streamer_reference_deviation_bps",
-            "Computed level minus the official reference level, in basis points of the latter.",
-            ["index"],
             registry=r,
         )
         self.batch_size = Histogram(
@@ -147,12 +127,6 @@ class Metrics:
         self.checkpoint_errors = Counter(
             "streamer_checkpoint_errors",
             "Checkpoints that could not be written.",
-            registry=r,
-        )
-        self.last_close = Gauge(
-            "streamer_last_close_timestamp_seconds",
-            "Scheduled close time of the last official close taken, per series.",
-            ["index"],
             registry=r,
         )
         self._tick_children: dict[tuple[str, str], Counter] = {}

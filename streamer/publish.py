@@ -654,7 +654,6 @@ class PublishLoop:
         self.cycles = 0
         self._resync = True  # the first cycle publishes everything known
         self._in_flight: deque[InFlight] = deque()
-        self.last_published: dict[str, float] = {}  # series -> level of its last publish
         self._set_state("unreachable", "not connected yet", quiet=True)
 
     def directory_changed(self) -> None:
@@ -827,9 +826,6 @@ class PublishLoop:
             self._metrics.tick_to_publish_samples.add_counted((ack_ns - stamps) / 1e9, counts)
         elif receipts:
             self._metrics.tick_to_publish_samples.add([(ack_ns - r) / 1e9 for r in receipts])
-        # The level gauges are set from here on the service's gauge timer, not per cycle.
-        for level in cycle.levels:
-            self.last_published[level.series] = level.level
 
     def _count_exec_errors(self, results: Any) -> None:
         """A command failing inside a transaction (a key of another type written by someone

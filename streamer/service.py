@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import math
 import os
 import signal
 import threading
@@ -56,6 +55,7 @@ from streamer.persistence.checkpoint import (
 from streamer.persistence.stores import DirectoryStore, Stored, parse_stored
 from streamer.pipeline import Pipeline, Step
 from streamer.publish import Outbox, PublishLoop, RedisPublisher, history_policy
+from streamer.series_metrics import SeriesMetrics
 from streamer.sessions import session_rules
 
 log = logging.getLogger("streamer.service")
@@ -112,6 +112,7 @@ class Service:
         self.metrics = Metrics(registry)
         self.sessions = session_rules(settings)
         self.engine = self._engine()  # from the config; replaced by a restored one in run()
+        self.series_metrics = SeriesMetrics(self.engine.series_ids, settings.metrics.series)
         self.inbox = RawInbox(settings.mqtt.max_payload_bytes, clock)
         self._bad_input = ThrottledLog(input_log)
         self.outbox = Outbox()
@@ -525,8 +526,6 @@ class Service:
         for (outcome, reason), count in result.outcomes.items():
             if outcome != "accepted" and count:
                 self._log_ticks(outcome, reason, count, step)
-        for series, bps in result.deviations.items():
-            metrics.reference_deviation_bps.labels(series).set(bps)
         self._count(metrics.references, "accepted", "ok", len(result.deviations))
         for series, reason in result.rejected_references:
             self._count(metrics.references, "rejected", reason)
@@ -572,7 +571,7 @@ class Service:
         if result.closes:
             sessions = sorted({c.session for c in result.closes})
             for close in result.closes:
-                metrics.last_close.labels(close.series).set(close.close_ns / 1e9)
+                self.series_metrics.closed(close.series, close.close_ns / 1e9)
             log.info(
                 "official close taken",
                 extra={"fields": {"sessions": ",".join(sessions), "series": len(result.closes)}},
@@ -631,23 +630,14 @@ class Service:
             self._handle(self.pipeline.advance(self.clock()))
             if now >= next_gauges:
                 next_gauges = now + GAUGE_REFRESH_S
-                self._refresh_gauges()
+                await self._refresh_gauges()
                 self.metrics.flush()
 
-    def _refresh_gauges(self) -> None:
+    async def _refresh_gauges(self) -> None:
         # On a timer rather than per publish cycle: Prometheus scrapes every few seconds, and
         # staleness grows without ticks (when nothing is published).
         metrics = self.metrics
-        for series, published in self.publish_loop.last_published.items():
-            if math.isfinite(published):
-                metrics.index_level.labels(series).set(published)
-        for level in self.engine.levels(now=self.market_time()):
-            metrics.stale_constituents.labels(level.series).set(level.stale)
-            metrics.constituents.labels(level.series).set(level.constituents)
-        for series in self.engine.series_ids:
-            bps = self.engine.deviation_bps(series)
-            if bps is not None:
-                metrics.reference_deviation_bps.labels(series).set(bps)
+        await self.series_metrics.refresh(self.engine.series_table(now=self.market_time()))
         wall = self.clock()
         if self.settings.session.clock == "wall" and self._newest_applied:
             metrics.ingest_lag.set(max(0.0, (wall - self._newest_applied) / 1e9))
@@ -718,7 +708,8 @@ class Service:
             return "405 Method Not Allowed", text, b"method not allowed\n"
         if path == "/metrics":
             self.metrics.flush()
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
+            page = generate_latest(self.metrics.registry) + self.series_metrics.text()
+            return "200 OK", CONTENT_TYPE_LATEST, page
         if path == "/healthz":
             return "200 OK", text, b"ok\n"
         if path == "/readyz":

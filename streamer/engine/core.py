@@ -39,6 +39,7 @@ from streamer.engine.results import (
     BatchResult,
     CloseRecord,
     SeriesLevel,
+    SeriesTable,
 )
 from streamer.engine.returns import ReturnsBook
 from streamer.engine.schedule import (
@@ -64,6 +65,9 @@ DEFAULT_MAX_PENDING = 10_000
 DEFAULT_ID_RETENTION_NS = 30 * 86_400 * 1_000_000_000
 NO_TRIGGER = MAX_TS
 MAX_APPLIED_IDS = 1_000_000
+
+
+VARIANT_ROWS = {"price": 0, "total": 1, "net": 2}
 
 
 def check_definitions(definitions: Sequence[IndexDefinition]) -> None:
@@ -205,6 +209,10 @@ class Engine:
         # The series of each index once it is established (a divisor, once set, stays set).
         self._publishable_series: list[list[str]] = [[] for _ in range(n)]
         self._series_index = np.array([j for _, j, _ in self.series], dtype=np.int64)
+        # 0 price, 1 total, 2 net: rows of the level stacks in series_table.
+        self._series_variant = np.array(
+            [VARIANT_ROWS[v] for _, _, v in self.series], dtype=np.int64
+        )
         # Per-symbol rows as Python lists, for the per-tick path; valid for one universe
         # version and one set of established indices.
         self._row_cache: dict[int, Row] = {}
@@ -1113,6 +1121,34 @@ class Engine:
         return {
             s: float(by_variant[v][j]) for s, j, v in self.series if not math.isnan(self.divisor[j])
         }
+
+    def series_table(self, now: int | None = None) -> SeriesTable:
+        """Level, previous close, stale and constituent counts and reference deviation of
+        every series, vectorized (see :class:`SeriesTable`)."""
+        js = self._series_index
+        pr = self.pr_levels()
+        returns = self.returns
+        variant = self._series_variant
+        with np.errstate(invalid="ignore", divide="ignore"):
+            by_variant = np.stack([pr, returns.total(pr), returns.net(pr)])
+            closes = np.stack([returns.pr_close, returns.tr_close, returns.ntr_close])
+            level = by_variant[variant, js]
+            prev_close = closes[variant, js]
+            reference = np.full(len(js), np.nan)
+            for series, (ref_level, _) in self.references.items():
+                k = self._series_position.get(series)
+                if k is not None:
+                    reference[k] = ref_level
+            deviation = (level / reference - 1.0) * 1e4
+        stale = self._stale_per_index(self.now if now is None else now)
+        return SeriesTable(
+            self.series_ids,
+            level,
+            prev_close,
+            stale.take(js),
+            self.universe.members.count.take(js) if len(js) else np.zeros(0, np.int64),
+            deviation,
+        )
 
     def level_of(self, series: str) -> float | None:
         slot = self._series_by_id.get(series)

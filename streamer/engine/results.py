@@ -6,9 +6,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 # Outcomes and reasons of streamer_ticks_total{outcome,reason}.
 ACCEPTED = "accepted"
@@ -26,6 +28,18 @@ PRE_ACTION = "pre_action"  # ts before a price-adjusting corporate action alread
 FUTURE_TS = "future_ts"  # stamped further ahead of its receipt than max_future_s
 OUTSIDE_SESSION = "outside_session"  # stamped outside the trading session of its indices
 UNKNOWN_PAIR = "unknown_pair"  # an FX pair that is not two known ISO 4217 codes
+
+
+class SeriesTable(NamedTuple):
+    """Every series at once, in series order, as arrays (NaN: not known): for consumers of
+    all series (metrics) that want no Python object per series."""
+
+    series: Sequence[str]
+    level: npt.NDArray[np.float64]
+    prev_close: npt.NDArray[np.float64]
+    stale: npt.NDArray[np.int64]
+    constituents: npt.NDArray[np.int64]
+    deviation_bps: npt.NDArray[np.float64]  # against the last reference level
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.deploy.support import (
@@ -107,15 +109,25 @@ def test_every_alert_is_labelled_and_explained() -> None:
 def test_metric_names_pass_promtool_check_metrics() -> None:
     from prometheus_client import generate_latest
 
+    from streamer.engine.results import SeriesTable
     from streamer.metrics import Metrics
+    from streamer.series_metrics import SeriesMetrics
 
     metrics = Metrics()
     # Children of labelled metrics, so that every family has samples to lint.
     metrics.ticks.labels("accepted", "ok").inc()
-    metrics.index_level.labels("X").set(1.0)
-    metrics.stale_constituents.labels("X").set(0)
-    metrics.reference_deviation_bps.labels("X").set(0.0)
-    exposition = generate_latest(metrics.registry)
+    series = SeriesMetrics(["X", "X.TR"])
+    series.closed("X", 1_763_700_000.0)
+    table = SeriesTable(
+        ["X", "X.TR"],
+        np.array([1.0, 2.0]),
+        np.array([1.5, np.nan]),
+        np.array([0, 0]),
+        np.array([3, 3]),
+        np.array([0.5, np.nan]),
+    )
+    asyncio.run(series.refresh(table))
+    exposition = generate_latest(metrics.registry) + series.text()
     result = subprocess.run(
         [tool("promtool"), "check", "metrics"],
         check=False,

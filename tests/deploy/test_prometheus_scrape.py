@@ -154,7 +154,9 @@ def test_prometheus_sees_live_levels_and_the_latency_histogram(
     assert columns["A"] == pytest.approx({"PX3": PX3_LEVEL, "CAP2": CAP2_LEVEL}, rel=0.01)
     assert columns["C"] == {"PX3": 0.0, "CAP2": 0.0}  # stale constituents
     assert columns["D"] == {"PX3": 1.0, "CAP2": 1.0}  # coverage
-    assert columns["B"] == {}  # change %: streamer_index_prev_close is not exported yet
+    # Change % since the previous close (24/7: the first level of the day is the base).
+    assert set(columns["B"]) == {"PX3", "CAP2"}
+    assert all(abs(change) < 5.0 for change in columns["B"].values()), columns["B"]
     # The service-state panels: Redis connected (0), a lag and a checkpoint age in seconds.
     state = next(p for p in panels(dashboard) if p["title"] == "Redis connection state")
     assert scalar(prometheus, substitute(state["targets"][0]["expr"])) == 0.0
