@@ -385,6 +385,11 @@ class Service:
                         "interval_ms": settings.publish.interval_ms,
                         "calendar": settings.session.calendar,
                         "state": settings.state.store,
+                        # The history policy in effect: the memory budget may have widened
+                        # the configured interval and shortened the bars' retention.
+                        "history_interval_ms": self.publisher.history.interval_ms,
+                        "bars_retention_s": self.publisher.history.bars_retention_ms / 1000,
+                        "series_metrics": self.series_metrics.count,
                     }
                 },
             )
