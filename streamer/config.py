@@ -121,6 +121,8 @@ class MqttSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 class RedisSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "streamer"
+    # A Redis Cluster (url: any node): keys carry the shard's hash tag (streamer.keys).
+    cluster: bool = False
     # Entries kept in the audit stream P:actions (XADD MAXLEN ~).
     actions_maxlen: int = 100_000
     password: str | None = None
@@ -199,6 +201,15 @@ class ControlSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only
     id_retention_days: float = 30.0
 
 
+class ShardSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # This process's shard: a name for the set of indices its config holds ("" for none).
+    # Its checkpoint and writer lease are its own (streamer.keys); outputs keep their names.
+    name: str = ""
+    # The writer lease (with the Redis state store): one replica of the shard publishes, the
+    # others stand by and take over within about this long; 0 turns the lease off.
+    lease_ttl_s: float = 5.0
+
+
 class ConstituentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     symbol: str
     shares: float = 1.0
@@ -248,6 +259,7 @@ class _SettingsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     session: SessionSettings = msgspec.field(default_factory=SessionSettings)
     state: StateSettings = msgspec.field(default_factory=StateSettings)
     control: ControlSettings = msgspec.field(default_factory=ControlSettings)
+    shard: ShardSettings = msgspec.field(default_factory=ShardSettings)
     indices: tuple[str, ...] = ("indices/*.toml",)
 
 
@@ -261,6 +273,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     session: SessionSettings
     state: StateSettings
     control: ControlSettings
+    shard: ShardSettings
     indices: tuple[IndexDefinition, ...]
     path: str
 
@@ -276,6 +289,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "session": SessionSettings,
     "state": StateSettings,
     "control": ControlSettings,
+    "shard": ShardSettings,
 }
 _INDICES_VARIABLE = "STREAMER_INDICES"
 
@@ -325,6 +339,7 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         session=parsed.session,
         state=_resolve_state_directory(parsed.state, source),
         control=parsed.control,
+        shard=parsed.shard,
         indices=tuple(definitions),
         path=str(cfg_path),
     )
@@ -510,6 +525,13 @@ def _validate_settings(s: _SettingsFile, source: _SettingsSource) -> None:
 
     check_endpoint("mqtt.url", parse_mqtt_url, s.mqtt.url)
     check("mqtt.client_id", _client_id_problem(s.mqtt.client_id))
+    if s.shard.name and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", s.shard.name):
+        raise source.error("shard.name", f"must match [A-Za-z0-9._-]{{1,64}}: {s.shard.name!r}")
+    check("shard.lease_ttl_s", _number_problem(s.shard.lease_ttl_s, at_least=0.0))
+    if 0 < s.shard.lease_ttl_s < 0.5:
+        raise source.error("shard.lease_ttl_s", "must be 0 (no lease) or at least 0.5 s")
+    if s.redis.cluster and ("{" in s.redis.prefix or "}" in s.redis.prefix):
+        raise source.error("redis.prefix", "must not contain braces on a Redis Cluster")
     if not s.mqtt.topics:
         raise source.error("mqtt.topics", "subscribe to at least one topic")
     for topic in s.mqtt.topics:

@@ -14,6 +14,7 @@ shard, for a single Redis instance or a Redis Cluster:
     actions_written()    P:actions:written       P:actions:written        {P:a}:actions:written
     state(part)          P:state:part            P:shard:a:state:part     {P:a}:state:part
     lease()              P:lease                 P:shard:a:lease          {P:a}:lease
+    lease_epoch()        P:lease:epoch           P:shard:a:lease:epoch    {P:a}:lease:epoch
     directory()          P:series                P:series                 P:series
     levels_channel()     P:levels                P:levels                 P:levels
     series_channel(S)    P:levels:S              P:levels:S               P:levels:S
@@ -163,6 +164,10 @@ class KeyLayout:
         cycle script on a cluster."""
         return f"{self.shard_base}:lease"
 
+    def lease_epoch(self) -> str:
+        """Counter: the lease's epoch, +1 per acquisition (the fencing token); never expires."""
+        return f"{self.shard_base}:lease:epoch"
+
     def directory(self) -> str:
         """Hash: series -> its :meth:`directory_entry`; one key for every shard."""
         return f"{self.prefix}:series"
@@ -181,7 +186,8 @@ class KeyLayout:
 
     def cycle_keys(self, series: Iterable[str]) -> list[str]:
         """Every key one publish cycle of this shard may touch, for ``series``."""
-        keys = [self.lease(), *self.state_keys(), self.actions(), self.actions_written()]
+        keys = [self.lease(), self.lease_epoch(), *self.state_keys(), self.actions(),
+                self.actions_written()]  # fmt: skip
         for name in series:
             keys += [self.index(name), self.history(name), self.closes(name), self.bars(name)]
         return keys

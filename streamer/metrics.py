@@ -129,6 +129,22 @@ class Metrics:
             "Checkpoints that could not be written.",
             registry=r,
         )
+        self.role = Gauge(
+            "streamer_role",
+            "1 for this replica's role: leader (holds the writer lease, publishes) or standby.",
+            ["role"],
+            registry=r,
+        )
+        self.lease_acquired = Counter(
+            "streamer_lease_acquired",
+            "Times this replica acquired its shard's writer lease.",
+            registry=r,
+        )
+        self.lease_refusals = Counter(
+            "streamer_lease_refusals",
+            "Writes or renewals refused because the writer lease was no longer ours.",
+            registry=r,
+        )
         self._tick_children: dict[tuple[str, str], Counter] = {}
         self.sum_drift_ratio = Gauge(
             "streamer_sum_drift_ratio",

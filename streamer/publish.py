@@ -45,6 +45,7 @@ from streamer.engine import AuditRecord, SeriesLevel
 from streamer.engine.results import CloseRecord
 from streamer.errors import StreamerError
 from streamer.keys import KeyLayout
+from streamer.lease import ACQUIRE_LUA, RELEASE_LUA, RENEW_LUA, ROLES, LeaseState, Role
 from streamer.metrics import Metrics
 from streamer.outputs import (
     Bar,
@@ -119,11 +120,27 @@ redis.call('SET', KEYS[3], ARGV[4])
 return 2
 """
 CHECKPOINT_WRITTEN = 2
+# An official close (KEYS: its series' closes stream; ARGV: the scheduled close in ms, the
+# stream's cap, then the fields): its entry id is the close time, so a close written twice (a
+# retried cycle, a standby that takes over) is written once, and entries stay in close order.
+CLOSE_LUA = b"""#!lua
+local id = ARGV[1] .. '-1'
+if redis.call('XREVRANGE', KEYS[1], '+', id, 'COUNT', 1)[1] then
+  return 0
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, unpack(ARGV, 3))
+return 1
+"""
+LEASE_SCRIPTS = {b"acquire": ACQUIRE_LUA, b"renew": RENEW_LUA, b"release": RELEASE_LUA}
 _msgpack = msgspec.msgpack.Encoder()
 
 
 class PublishError(StreamerError):
     """A publish cycle failed (Redis unreachable, timed out or refused the write)."""
+
+
+class FencedError(PublishError):
+    """The writer lease is no longer ours: another replica publishes now."""
 
 
 DurableAck = int  # a packet id tagged with its connection (see ingest.inbox)
@@ -176,6 +193,16 @@ class Outbox:
     def take_durable_acks(self) -> list[DurableAck]:
         acks, self.durable_acks = self.durable_acks, []
         return acks
+
+    def drop_levels(self) -> None:
+        """A standby's cycle: the changed series and their latency samples go (the leader
+        publishes them); audit and close records stay, for the day it leads (written once
+        by id whoever writes them first), the oldest past a bound."""
+        self.dirty, self.receipts = set(), []
+        for records in (self.audit, self.closes):
+            if len(records) > MAX_PENDING_AUDIT:
+                del records[: len(records) - MAX_PENDING_AUDIT]
+        self.event.clear()
 
     def restore(
         self,
@@ -345,6 +372,15 @@ class RedisPublisher:
         self._pipe = CommandPipe(endpoint, clock)
         self._actions_sha = b""
         self._state_sha = b""
+        self._close_sha = b""
+        # The writer lease (streamer.lease): while set, every transaction is guarded by it.
+        self.fence: bytes | None = None
+        self._lease_keys = [keys.lease().encode(), keys.lease_epoch().encode()]
+        self._lease_sha: dict[bytes, bytes] = {}
+        # A guarded transaction (WATCH, GET, then MULTI ... EXEC) must not have another
+        # request between its WATCH and its EXEC: a lease renewal there would fire the WATCH.
+        self._writing = asyncio.Lock()
+        self._opening = asyncio.Lock()
         self._history_due: dict[str, int] = {}  # series -> ms when its next raw entry is due
         self._bars: dict[str, Bar] = {}
         self._bars_minute = 0  # the minute the bars being built are of
@@ -397,6 +433,17 @@ class RedisPublisher:
         Redis has applied them (``received_ns``: the acknowledgement time).  The directory,
         when given, goes first, in requests of its own: it is one key for every shard, so on
         a cluster it is in no shard's slot."""
+        async with self._writing:
+            return await self._send(levels, audit, closes, checkpoint, directory)
+
+    async def _send(
+        self,
+        levels: Sequence[SeriesLevel],
+        audit: Sequence[AuditRecord],
+        closes: Sequence[CloseRecord],
+        checkpoint: Blobs | None,
+        directory: dict[str, bytes] | None,
+    ) -> Sent:
         try:
             if not self._pipe.is_open:
                 await self._open()
@@ -414,10 +461,55 @@ class RedisPublisher:
             first = len(acks)
             for transaction in transactions:
                 request, replies = transaction.packed()
+                if self.fence is not None:
+                    await self._guard(self.fence)
                 acks.append(await self._pipe.send(request, replies))
             return Sent(acks, transactions[0].state_at, first)
         except PipeError as exc:
             raise PublishError(str(exc)) from exc
+
+    async def _guard(self, fence: bytes) -> None:
+        """WATCH the lease and read it: the transaction sent next is applied only if it is
+        still ``fence`` now, and Redis refuses its EXEC if the lease changes or expires
+        before it.  A round trip per transaction, paid only by a leased writer."""
+        lease = self._lease_keys[0]
+        reply = await asyncio.wait_for(
+            self._pipe.call(pack(b"WATCH", lease) + pack(b"GET", lease), 2), ACK_TIMEOUT_S
+        )
+        if reply.value != fence:
+            await self._pipe.send(pack(b"UNWATCH"))
+            holder = reply.value.decode(errors="replace") if reply.value else "nobody"
+            raise FencedError(f"the writer lease is no longer ours (held by {holder})")
+
+    async def acquire_lease(self, holder: str, ttl_ms: int) -> tuple[int, bytes, int]:
+        """(epoch, value, 0) when acquired; (0, the current holder's value, its remaining
+        ms) when another replica holds it."""
+        reply = await self._lease_call(b"acquire", holder.encode(), b"%d" % ttl_ms)
+        value = reply if isinstance(reply, list) else []
+        if len(value) >= 2 and isinstance(value[0], int) and value[0] > 0:
+            return value[0], _bytes(value[1]), 0
+        remaining = value[2] if len(value) >= 3 and isinstance(value[2], int) else 0
+        return 0, _bytes(value[1]) if len(value) >= 2 else b"", remaining
+
+    async def renew_lease(self, value: bytes, ttl_ms: int) -> bool:
+        return bool(await self._lease_call(b"renew", value, b"%d" % ttl_ms) == 1)
+
+    async def release_lease(self, value: bytes) -> None:
+        await self._lease_call(b"release", value)
+
+    async def _lease_call(self, script: bytes, *args: bytes) -> Any:
+        async with self._writing:
+            return await self._lease_request(script, *args)
+
+    async def _lease_request(self, script: bytes, *args: bytes) -> Any:
+        try:
+            if not self._pipe.is_open:
+                await self._open()
+            keys = self._lease_keys if script == b"acquire" else self._lease_keys[:1]
+            command = pack(b"EVALSHA", self._lease_sha[script], b"%d" % len(keys), *keys, *args)
+            return (await asyncio.wait_for(self._pipe.call(command), ACK_TIMEOUT_S)).value
+        except (PipeError, TimeoutError) as exc:
+            raise PublishError(f"lease: {exc or 'no reply'}") from exc
 
     async def prune_directory(self, series: Iterable[str]) -> int:
         """Remove the directory entries of this shard's series that are no longer configured
@@ -480,8 +572,9 @@ class RedisPublisher:
             first.add(b"EVALSHA", self._actions_sha, b"2", *names.actions,
                       b"%d" % self.actions_maxlen, rows)  # fmt: skip
         for record in closes:
-            first.add(b"XADD", names.of(record.series)[4], b"MAXLEN", b"~",
-                      b"%d" % CLOSES_MAXLEN, b"*", *close_row(record))  # fmt: skip
+            first.add(b"EVALSHA", self._close_sha, b"1", names.of(record.series)[4],
+                      b"%d" % max(record.close_ns // 1_000_000, 0), b"%d" % CLOSES_MAXLEN,
+                      *close_row(record))  # fmt: skip
         if checkpoint is not None:
             first.state_at = len(first)
             first.add(
@@ -555,6 +648,13 @@ class RedisPublisher:
         self._bars = {}
 
     async def _open(self) -> None:
+        # One connection at a time: the publish loop and the lease task may both find the
+        # pipe closed.
+        async with self._opening:
+            if not self._pipe.is_open:
+                await self._connect()
+
+    async def _connect(self) -> None:
         # The scripts are loaded on every new connection: a restarted Redis has forgotten them.
         # Its history may be gone too: every series' next publish writes a raw entry.
         await self._pipe.open()
@@ -562,11 +662,16 @@ class RedisPublisher:
         try:
             actions = await self._pipe.call(pack(b"SCRIPT", b"LOAD", ACTIONS_LUA))
             state = await self._pipe.call(pack(b"SCRIPT", b"LOAD", STATE_LUA))
+            close = await self._pipe.call(pack(b"SCRIPT", b"LOAD", CLOSE_LUA))
+            for name, script in LEASE_SCRIPTS.items():
+                loaded = await self._pipe.call(pack(b"SCRIPT", b"LOAD", script))
+                self._lease_sha[name] = _bytes(loaded.value)
         except PipeError:
             self._pipe.abort("script load failed")
             raise
         self._actions_sha = _bytes(actions.value)
         self._state_sha = _bytes(state.value)
+        self._close_sha = _bytes(close.value)
 
     def abort(self, reason: str) -> None:
         """Fail the cycles in flight (Redis stopped answering); the next send reconnects."""
@@ -631,9 +736,11 @@ class PublishLoop:
         checkpoints: Checkpoints | None = None,
         on_durable: Callable[[list[DurableAck]], None] | None = None,
         directory: DirectorySource | None = None,
+        lease: LeaseState | None = None,
     ) -> None:
         self.publisher = publisher
         self._levels = levels
+        self.lease = lease  # None: the only writer, no lease
         self.outbox = outbox
         self._metrics = metrics
         self.interval_s = interval_ms / 1000.0
@@ -655,6 +762,8 @@ class PublishLoop:
         self._resync = True  # the first cycle publishes everything known
         self._in_flight: deque[InFlight] = deque()
         self._set_state("unreachable", "not connected yet", quiet=True)
+        self.role: Role = "leader" if lease is None else "standby"
+        self._show_role()
 
     def directory_changed(self) -> None:
         """The directory of series changed (members added or deleted): write it again."""
@@ -713,10 +822,15 @@ class PublishLoop:
         await self._start_cycle(everything, force_checkpoint=force_checkpoint)
         while self._in_flight and self.connected:
             await self._await_oldest()
-        return self.connected and self.state == "connected"
+        return self.connected and self.state == "connected" and self.role == "leader"
 
     async def _start_cycle(self, everything: bool = False, force_checkpoint: bool = False) -> bool:
         """Build and send one cycle; False when there was nothing to send."""
+        if self.role == "standby":
+            self._stand_by()
+            return False
+        if not self.publisher.sequences_loaded:
+            await self._load_sequences()
         if not self.publisher.is_open and not (everything or self._resync):
             # Lost since the last cycle (Redis may have restarted): reconnect, then resync.
             self._failed([], [], [], PublishError("connection lost"))
@@ -754,6 +868,10 @@ class PublishLoop:
             # Stopped mid-cycle (shutdown): the final cycle must still write these records.
             self.outbox.restore(audit, closes, acks)
             raise
+        except FencedError as exc:
+            self._lost_lease(str(exc))
+            self._stand_by(acks)
+            return True
         except PublishError as exc:
             self._directory_due = directory is not None or self._directory_due
             self._failed(audit, closes, acks, exc)
@@ -797,6 +915,11 @@ class PublishLoop:
             self._acknowledged(cycle, [ack.result() for ack in cycle.sent.acks])
 
     def _acknowledged(self, cycle: InFlight, replies: list[Reply]) -> None:
+        if self.lease is not None and any(r.value is None for r in replies[cycle.sent.first :]):
+            # An EXEC refused: the lease changed between our WATCH and it.
+            self._lost_lease("a transaction was refused: the writer lease changed")
+            self._stand_by(cycle.durable_acks)
+            return
         self.connected = True
         self._set_state("connected", "")
         self._refusal_backoff.reset()
@@ -932,9 +1055,13 @@ class PublishLoop:
         while True:
             try:
                 await self.publisher.ping()
-                if not self.publisher.sequences_loaded:
+                if self.role == "leader" and not self.publisher.sequences_loaded:
                     await self.publisher.load_sequences(self._all_series())
-                if self._directory is not None and not self._directory_pruned:
+                if (
+                    self.role == "leader"
+                    and self._directory is not None
+                    and not self._directory_pruned
+                ):
                     # Once per run: series a previous config had are no longer listed.
                     pruned = await self.publisher.prune_directory(self._directory())
                     self._directory_pruned = True
@@ -955,6 +1082,97 @@ class PublishLoop:
             # latency; the outage itself shows in streamer_redis_errors_total.
             self.outbox.receipts.clear()
             return
+
+    # ------------------------------------------------------------------ the writer lease
+
+    async def run_lease(self) -> None:
+        """Acquire, renew and lose the writer lease (a task beside :meth:`run`)."""
+        lease = self.lease
+        if lease is None:
+            return
+        while True:
+            now = time.monotonic_ns()
+            if lease.value and now >= lease.valid_until:
+                self._lost_lease("not renewed in time (Redis unreachable?)")
+            if not lease.due(now):
+                await asyncio.sleep((lease.next_attempt - now) / 1e9)
+                continue
+            try:
+                await self._lease_step(lease)
+            except PublishError as exc:
+                reraise_if_cancelled()
+                # Redis unreachable: the publish loop reports it; try again soon, and the
+                # lease, if ours, is kept only until its local deadline.
+                lease.next_attempt = time.monotonic_ns() + lease.ttl_ns // 10
+                log.debug("lease request failed", extra={"fields": {"error": str(exc)[:200]}})
+
+    async def _lease_step(self, lease: LeaseState) -> None:
+        ttl_ms = lease.ttl_ns // 1_000_000
+        sent_at = time.monotonic_ns()
+        if lease.value:
+            if await self.publisher.renew_lease(lease.value, ttl_ms):
+                lease.renewed(sent_at)
+            else:
+                self._lost_lease("taken by another replica")
+            return
+        epoch, value, remaining_ms = await self.publisher.acquire_lease(lease.holder, ttl_ms)
+        if not epoch:
+            lease.refused(value.decode(errors="replace"), remaining_ms * 1_000_000, sent_at)
+            return
+        lease.acquired(value, epoch, sent_at)
+        self.publisher.fence = value
+        self.outbox.event.set()  # audit and close records kept while standing by go out
+        # Continue where the last leader left off: its seqs, every series and the directory
+        # once, a checkpoint with the structure (its revision numbers are not ours).
+        self.publisher.sequences_loaded = False
+        self._resync = True
+        self._directory_due = self._directory is not None
+        self._directory_pruned = False
+        self.checkpoints.forget_durable()
+        self.role = "leader"
+        self._show_role()
+        self._metrics.lease_acquired.inc()
+        log.info("writer lease acquired: publishing", extra={"fields": {"epoch": epoch}})
+        self.outbox.event.set()
+
+    def _lost_lease(self, reason: str) -> None:
+        lease = self.lease
+        if lease is None or self.role == "standby":
+            return
+        lease.lost()  # publisher.fence stays: any stray write is refused by Redis
+        self.role = "standby"
+        self._show_role()
+        self._metrics.lease_refusals.inc()
+        log.warning("writer lease lost: standing by", extra={"fields": {"reason": reason}})
+
+    def _stand_by(self, acks: Iterable[DurableAck] = ()) -> None:
+        """A standby keeps computing and writes nothing: what would be published is dropped
+        (the leader publishes it), and QoS 1 messages are acknowledged at once (the leader's
+        own session holds them until its checkpoint does)."""
+        self.outbox.drop_levels()
+        self._on_durable([*acks, *self.outbox.take_durable_acks()])
+        for cycle in self._in_flight:
+            self._on_durable(cycle.durable_acks)
+        self._in_flight.clear()
+
+    def _show_role(self) -> None:
+        for role in ROLES:
+            self._metrics.role.labels(role).set(1.0 if role == self.role else 0.0)
+
+    async def _load_sequences(self) -> None:
+        try:
+            await self.publisher.load_sequences(self._all_series())
+        except PublishError as exc:
+            self._failed([], [], [], exc)
+
+    async def release_lease(self) -> None:
+        """At a clean shutdown, after the final cycle: a standby takes over at once."""
+        lease = self.lease
+        if lease is None or not lease.value:
+            return
+        value = lease.value
+        self._lost_lease("released at shutdown")
+        await self.publisher.release_lease(value)
 
     def _all_series(self) -> list[str]:
         return [level.series for level in self._levels(None)]

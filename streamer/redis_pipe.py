@@ -82,6 +82,9 @@ class CommandPipe:
         return self._writer is not None
 
     async def open(self) -> None:
+        """Connect (a no-op while a connection is open)."""
+        if self._writer is not None:
+            return
         endpoint = self._endpoint
         context = ssl.create_default_context() if endpoint.tls else None
         try:

@@ -43,6 +43,7 @@ from streamer.errors import StateError, StreamerError
 from streamer.ingest import CONFLATED, INBOX_FULL, RawInbox
 from streamer.ingest.transport import MqttIngest
 from streamer.keys import KeyLayout
+from streamer.lease import LeaseState
 from streamer.logs import ThrottledLog
 from streamer.metrics import Metrics
 from streamer.outputs import directory
@@ -119,7 +120,9 @@ class Service:
         self.redis = redis_client(settings.redis)
         self.publisher = RedisPublisher(
             parse_redis_url(settings.redis.url, settings.redis.password),
-            KeyLayout(settings.redis.prefix),
+            KeyLayout(
+                settings.redis.prefix, settings.shard.name or None, cluster=settings.redis.cluster
+            ),
             settings.redis.actions_maxlen,
             clock,
             history_policy(settings.publish).for_series(
@@ -183,7 +186,16 @@ class Service:
             checkpoints=self.checkpoints,
             on_durable=self.mqtt_ack,
             directory=self._directory,
+            lease=self._lease(),
         )
+
+    def _lease(self) -> LeaseState | None:
+        """The shard's writer lease, held under this replica's MQTT client id (unique per
+        replica: its broker session is its own); with the Redis state store only."""
+        s = self.settings
+        if s.shard.lease_ttl_s <= 0 or s.state.store != "redis":
+            return None
+        return LeaseState(holder=s.mqtt.client_id, ttl_ns=int(s.shard.lease_ttl_s * 1e9))
 
     def _directory(self) -> dict[str, bytes]:
         engine = self.engine
@@ -423,13 +435,16 @@ class Service:
         )
 
     def _loops(self, server: asyncio.Server) -> dict[str, Coroutine[Any, Any, None]]:
-        return {
+        loops = {
             "mqtt": self.mqtt.run(),
             "ingest": self._ingest_loop(),
             "publish": self.publish_loop.run(),
             "timers": self._timer_loop(),
             "http": server.serve_forever(),
         }
+        if self.publish_loop.lease is not None:
+            loops["lease"] = self.publish_loop.run_lease()
+        return loops
 
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         deadline = asyncio.get_running_loop().time() + SHUTDOWN_DEADLINE_S
@@ -450,6 +465,8 @@ class Service:
             while (len(self.inbox) or len(self.pipeline)) and remaining() > 1.0:
                 self.step()
         await finish("publish", 0.5)
+        if "lease" in tasks:
+            await finish("lease", 0.2)  # the lease stays ours for its TTL: the final cycle fits
         if not self._abandon and self._failure is None:
             try:
                 async with asyncio.timeout(max(remaining(), 0.1)):
@@ -467,6 +484,11 @@ class Service:
                 log.warning("final publish failed", extra={"fields": {"error": str(exc)}})
             if published:
                 log.info("final levels and checkpoint written")
+            elif self.publish_loop.role == "standby":
+                log.info("standby: nothing to write")
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(max(remaining(), 0.1)):
+                    await self.publish_loop.release_lease()  # a standby takes over at once
         for task in tasks.values():
             task.cancel()
 
@@ -721,7 +743,8 @@ class Service:
             problems = self.readiness()
             if problems:
                 return "503 Service Unavailable", text, ("; ".join(problems) + "\n").encode()
-            return "200 OK", text, b"ready\n"
+            # Leader and standby are both healthy; the body says which.
+            return "200 OK", text, f"ready: {self.publish_loop.role}\n".encode()
         return "404 Not Found", text, b"not found\n"
 
 

@@ -351,6 +351,9 @@ class Universe:
             if math.isnan(book.price[sid]) and s.price is not None:
                 book.price[sid] = s.price
                 book.source_ts[sid] = seed_ts
+                # The seed is the price as of seed_ts: a tick stamped before it (late, or
+                # delivered again after a restart) is older and must not replace it.
+                book.last_ts[sid] = max(int(book.last_ts[sid]), seed_ts)
                 seeded.append(sid)
             sids.append(sid)
         shares = np.array([s.shares for s in specs], dtype=np.float64)

@@ -122,6 +122,11 @@ class Checkpoints:
     def committed(self, blobs: Blobs) -> None:
         return None
 
+    def forget_durable(self) -> None:
+        """What this process wrote is no longer what the store holds (another writer
+        wrote since): the next checkpoint carries the structure again."""
+        return None
+
 
 class InlineCheckpoints(Checkpoints):
     """Checkpoints written by the publish script, atomically with the cycle's levels."""
@@ -146,6 +151,9 @@ class InlineCheckpoints(Checkpoints):
 
     def committed(self, blobs: Blobs) -> None:
         self.checkpointer.committed(blobs, self._wall())
+
+    def forget_durable(self) -> None:
+        self.checkpointer.durable_revision = -1
 
 
 class WrittenCheckpoints(InlineCheckpoints):

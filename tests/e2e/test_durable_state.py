@@ -134,6 +134,11 @@ def published_since(store: Store, prefix: str, series: str, since_ms: int) -> li
     return [fields for entry_id, fields in entries if int(entry_id.split("-")[0]) >= since_ms]
 
 
+def redis_ms(store: Store) -> int:
+    seconds, micros = store.client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 def stop(service: ServiceProcess, how: str) -> None:
     if how == "kill":
         service.process.send_signal(signal.SIGKILL)
@@ -165,7 +170,7 @@ def test_restarts_mid_stream_change_nothing(tmp_path: Path, how: str) -> None:
                     stream.batch()  # sent while the service is down: the broker keeps it
                     service = ServiceProcess(config.path, config.metrics_url)
                     service.wait_connected()
-                    restarted_at_ms.append(int(store.client.time()[0]) * 1000)
+                    restarted_at_ms.append(redis_ms(store))
                 elif n == 4:
                     # Stopped once the action is durable, with ticks after it.
                     wait_for(lambda: store.xlen(f"{config.prefix}:actions") >= 5, what="5 actions")
@@ -174,7 +179,7 @@ def test_restarts_mid_stream_change_nothing(tmp_path: Path, how: str) -> None:
                     stop(service, how)
                     service = ServiceProcess(config.path, config.metrics_url)
                     service.wait_connected()
-                    restarted_at_ms.append(int(store.client.time()[0]) * 1000)
+                    restarted_at_ms.append(redis_ms(store))
             for _ in range(3):
                 stream.batch()
             final = dict(stream.prices)

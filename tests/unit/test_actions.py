@@ -298,6 +298,25 @@ def test_add_with_a_seed_price() -> None:
     assert level(engine, "CAP") == pytest.approx((200_000 + 44 * 400) / 108.0, rel=REL)
 
 
+def test_a_tick_stamped_before_an_add_never_replaces_its_seed_price() -> None:
+    """A late tick, or one delivered again after a restart, for a symbol added with a seed
+    price: older than the seed, so out of order (the calculator over the log order saw it
+    before the add, when the symbol was unknown)."""
+    engine = engine_of(cap2())
+    act(
+        engine,
+        AddConstituent(id="add-d", index="CAP", symbol="D", shares=400.0, price=40.0,
+                       effective=at(2)),
+        seconds=2,
+    )  # fmt: skip
+    before = level(engine, "CAP")
+    late = engine.apply(ticks=[Tick(symbol="D", price=35.0, ts=at(1.5))], now=at(2.5))
+    assert late.outcomes == {("rejected", "out_of_order"): 1}
+    assert level(engine, "CAP") == pytest.approx(before, rel=REL)
+    tick(engine, "D", 44.0, 3)  # after it: moves the index
+    assert level(engine, "CAP") == pytest.approx((200_000 + 44 * 400) / 108.0, rel=REL)
+
+
 def test_add_to_a_price_weighted_index() -> None:
     engine = engine_of(px3())
 

@@ -60,7 +60,7 @@ def test_a_shard_on_a_single_instance_keeps_the_outputs_and_owns_its_state_and_l
 def test_in_cluster_mode_every_key_of_one_shards_cycle_is_in_one_slot(shard: str | None) -> None:
     keys = KeyLayout("streamer", shard=shard, cluster=True)
     cycle = keys.cycle_keys(SERIES)
-    assert len(cycle) == len(set(cycle)) == 7 + 4 * len(SERIES)
+    assert len(cycle) == len(set(cycle)) == 8 + 4 * len(SERIES)
     assert {slot(k) for k in cycle} == {slot(keys.lease())}
     tag = "streamer" if shard is None else f"streamer:{shard}"
     assert keys.hash_tag == tag
