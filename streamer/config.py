@@ -28,6 +28,7 @@ import msgspec.inspect
 from streamer.endpoints import parse_listen_address, parse_mqtt_url, parse_redis_url
 from streamer.endpoints import redact_url as redact_url  # re-exported: callers log URLs with it
 from streamer.errors import ConfigError, EndpointError
+from streamer.topics import tick_topic
 
 Method = Literal["price", "cap", "equal"]
 Variant = Literal["price", "total", "net"]
@@ -111,6 +112,10 @@ class MqttSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     url: str = "mqtt://127.0.0.1:1883"
     client_id: str = "streamer-1"
     topics: tuple[str, ...] = ("ticks/#", "fx/#", "control/#", "reference/#")
+    # "all": the topics as listed; "constituents": a tick wildcard among them (ticks/#,
+    # ticks/+) becomes one ticks/<symbol> per constituent, following add and delete, so a
+    # shard receives only its own symbols' ticks (other ticks/... topics stay as listed).
+    tick_topics: Literal["all", "constituents"] = "all"
     max_payload_bytes: int = 1_048_576
     password: str | None = None  # only from the environment or a file, never from TOML
 
@@ -320,6 +325,14 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
             raise source.error("indices", f"no file matches {pattern!r}")
         files.extend(Path(m) for m in matched)
     definitions = [load_index(f) for f in dict.fromkeys(files)]
+    if parsed.mqtt.tick_topics == "constituents":
+        for definition in definitions:
+            for spec in definition.constituents:
+                if tick_topic(spec.symbol) is None:
+                    raise ConfigError(
+                        f"{definition.source}: constituent {spec.symbol!r}: with [mqtt] "
+                        'tick_topics = "constituents" a symbol is a topic level: no +, #'
+                    )
     seen: dict[str, str] = {}
     for definition in definitions:
         for series in definition.series_ids():

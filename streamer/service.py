@@ -58,6 +58,7 @@ from streamer.pipeline import Pipeline, Step
 from streamer.publish import Outbox, PublishLoop, RedisPublisher, history_policy
 from streamer.series_metrics import SeriesMetrics
 from streamer.sessions import session_rules
+from streamer.topics import TICK_WILDCARDS, subscriptions, tick_topic
 
 log = logging.getLogger("streamer.service")
 input_log = logging.getLogger("streamer.input")
@@ -74,6 +75,8 @@ FEED_DELAY_SAMPLE = 64
 # Seq resets are logged one line per symbol, up to this many per step.
 MAX_RESET_LINES = 20
 EXIT_FAILED = 1
+# Actions that change which symbols an index holds (the directory, the subscriptions).
+MEMBERSHIP_ACTIONS = frozenset({"add", "delete", "rebalance"})
 
 
 def redis_client(settings: RedisSettings) -> aioredis.Redis:
@@ -321,6 +324,26 @@ class Service:
                 )
         self.publish_loop = self._publish_loop()
         self.mqtt.expect_session = self.restored
+        self._subscribe_constituents()
+
+    def _subscribe_constituents(self) -> None:
+        """With [mqtt] tick_topics = "constituents": one ticks/<symbol> per constituent
+        (after a restore, and after each add, delete or rebalance); what the symbol book
+        still knows but no index holds is unsubscribed (a persistent session keeps filters
+        across runs)."""
+        m = self.settings.mqtt
+        if m.tick_topics != "constituents":
+            return
+        members = self.engine.member_symbols()
+        topics, unusable = subscriptions(m.topics, m.tick_topics, members)
+        retired = {t for s in self.engine.known_symbols() if s not in members
+                   if (t := tick_topic(s)) is not None} | TICK_WILDCARDS  # fmt: skip
+        for symbol in unusable:
+            self._bad_input.warning(
+                "subscription:symbol", "symbol cannot be a topic: its ticks are not received",
+                symbol=symbol,
+            )  # fmt: skip
+        self.mqtt.set_topics(topics, retired)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -583,6 +606,9 @@ class Service:
                     }
                 },
             )
+        if any(record.action in MEMBERSHIP_ACTIONS for record in result.audit):
+            self.publish_loop.directory_changed()
+            self._subscribe_constituents()
         if result.seq_resets:
             metrics.seq_resets.inc(len(result.seq_resets))
             for symbol in result.seq_resets[:MAX_RESET_LINES]:

@@ -1260,6 +1260,16 @@ class Engine:
             kernels.raise_newest(self.universe.members, self.newest_ts, stamped, book.source_ts)
         return self.newest_ts
 
+    def known_symbols(self) -> list[str]:
+        """Every symbol the engine has seen as a constituent, held now or not."""
+        return list(self.universe.book.names)
+
+    def member_symbols(self) -> set[str]:
+        """Every symbol some index holds now (what a shard subscribes to)."""
+        universe = self.universe
+        names = universe.book.names
+        return {names[sid] for sid in np.unique(universe.members.sid).tolist()}
+
     def member_counts(self) -> dict[str, int]:
         """Index id -> number of constituents (for the directory of series)."""
         counts = self.universe.members.count

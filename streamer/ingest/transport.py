@@ -21,7 +21,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import aiomqtt
@@ -191,6 +191,12 @@ class MqttIngest:
         self._short_lived: list[float] = []  # times of connections lost soon after made
         self._takeover_backoff = Backoff(base_s=5.0, cap_s=60.0)
         self._manual_ack = False
+        # The topic filters wanted (set_topics), and those subscribed on the live connection.
+        self.topics: list[str] = list(settings.topics)
+        self._subscribed: set[str] = set()
+        self._retired: set[str] = set()  # subscribed by an earlier run's session, not wanted
+        self._client_now: aiomqtt.Client | None = None
+        self._updating: asyncio.Task[None] | None = None
 
     def _client(self) -> aiomqtt.Client:
         address = self._address
@@ -259,6 +265,7 @@ class MqttIngest:
                 async with client:
                     made_at = self._clock()
                     fast = install_fast_path(client, self._inbox)
+                    self._client_now = client
                     refused = await self._subscribe(client)
                     self.connections += 1
                     if self.connections > 1:
@@ -272,7 +279,7 @@ class MqttIngest:
                         extra={
                             "fields": {
                                 "broker": where,
-                                "topics": ",".join(self._settings.topics),
+                                "topics": _summary(self.topics),
                                 "fast_path": fast,
                                 "session_present": self._session_present,
                             }
@@ -294,21 +301,70 @@ class MqttIngest:
             finally:
                 self.connected.clear()
                 self._paho = None
+                self._client_now = None
+                self._subscribed = set()
+
+    def set_topics(self, topics: Sequence[str], retired: Iterable[str] = ()) -> None:
+        """The topic filters to subscribe to from now on (and ``retired``: filters an earlier
+        run may have left in our persistent session, to unsubscribe).  Applied on the live
+        connection at once, and on every connection after."""
+        self.topics = list(dict.fromkeys(topics))
+        self._retired = set(retired) - set(self.topics)
+        client = self._client_now
+        if client is not None and (self._updating is None or self._updating.done()):
+            self._updating = asyncio.ensure_future(self._update(client))
+
+    async def _update(self, client: aiomqtt.Client) -> None:
+        try:
+            while client is self._client_now:
+                wanted = set(self.topics)
+                add = [t for t in self.topics if t not in self._subscribed]
+                drop = sorted((self._subscribed - wanted) | (self._retired & self._subscribed))
+                if not add and not drop:
+                    return
+                if drop:
+                    await _in_chunks(client.unsubscribe, drop)
+                    self._subscribed -= set(drop)
+                if add:
+                    refused = await self._subscribe_topics(client, add)
+                    if refused:
+                        self.problem = f"broker refused subscriptions: {','.join(refused)}"
+                log.info(
+                    "mqtt subscriptions changed",
+                    extra={"fields": {"added": _summary(add), "removed": _summary(drop)}},
+                )
+        except aiomqtt.MqttError as exc:  # the connection is going: the next one subscribes
+            log.warning("mqtt subscription change failed", extra={"fields": {"error": str(exc)}})
 
     async def _subscribe(self, client: aiomqtt.Client) -> str:
-        """Subscribe to every topic; returns the ones the broker refused (comma-separated)."""
+        """Subscribe to every topic (and drop retired ones); returns the ones the broker
+        refused (comma-separated)."""
+        if self._retired:
+            # Harmless when not subscribed: UNSUBSCRIBE of an unknown filter is not an error.
+            await _in_chunks(client.unsubscribe, sorted(self._retired))
+        refused = await self._subscribe_topics(client, self.topics)
+        return ",".join(refused)
+
+    async def _subscribe_topics(self, client: aiomqtt.Client, topics: Sequence[str]) -> list[str]:
+        """One SUBSCRIBE per chunk of topics (a shard may have thousands of symbols)."""
         refused = []
-        for topic in self._settings.topics:
-            granted = await client.subscribe(topic, qos=1)
-            codes = granted if isinstance(granted, list | tuple) else [granted]
-            if any(_is_failure(code) for code in codes):
-                refused.append(topic)
+        for lo in range(0, len(topics), SUBSCRIBE_CHUNK):
+            chunk = list(topics[lo : lo + SUBSCRIBE_CHUNK])
+            granted = await client.subscribe([(topic, 1) for topic in chunk])
+            codes = list(granted) if isinstance(granted, list | tuple) else [granted]
+            if len(codes) != len(chunk):
+                codes = codes[:1] * len(chunk)
+            for topic, code in zip(chunk, codes, strict=True):
+                if _is_failure(code):
+                    refused.append(topic)
+                else:
+                    self._subscribed.add(topic)
         if refused:
             log.error(
                 "mqtt subscription refused by the broker: check its ACL for this user",
-                extra={"fields": {"topics": ",".join(refused), "user": self._address.username}},
+                extra={"fields": {"topics": _summary(refused), "user": self._address.username}},
             )
-        return ",".join(refused)
+        return refused
 
     def _check_session(self) -> None:
         if self._session_present is None:
@@ -393,3 +449,17 @@ def _payload_bytes(payload: Any) -> bytes:
     if payload is None:
         return b""
     return str(payload).encode()
+
+
+SUBSCRIBE_CHUNK = 500  # topic filters per SUBSCRIBE / UNSUBSCRIBE packet
+
+
+async def _in_chunks(call: Callable[[list[str]], Awaitable[object]], topics: Sequence[str]) -> None:
+    for lo in range(0, len(topics), SUBSCRIBE_CHUNK):
+        await call(list(topics[lo : lo + SUBSCRIBE_CHUNK]))
+
+
+def _summary(topics: Sequence[str], shown: int = 8) -> str:
+    """Topic filters for a log line: the first few and how many more."""
+    head = ",".join(topics[:shown])
+    return head if len(topics) <= shown else f"{head},... ({len(topics)} in all)"
