@@ -1093,7 +1093,7 @@ class PublishLoop:
         while True:
             now = time.monotonic_ns()
             if lease.value and now >= lease.valid_until:
-                self._lost_lease("not renewed in time (Redis unreachable?)")
+                self._lost_lease("not renewed in time", refused=False)
             if not lease.due(now):
                 await asyncio.sleep((lease.next_attempt - now) / 1e9)
                 continue
@@ -1135,14 +1135,16 @@ class PublishLoop:
         log.info("writer lease acquired: publishing", extra={"fields": {"epoch": epoch}})
         self.outbox.event.set()
 
-    def _lost_lease(self, reason: str) -> None:
+    def _lost_lease(self, reason: str, refused: bool = True) -> None:
+        """Stand by from now on; ``refused``: Redis refused a write or renewal (counted)."""
         lease = self.lease
         if lease is None or self.role == "standby":
             return
         lease.lost()  # publisher.fence stays: any stray write is refused by Redis
         self.role = "standby"
         self._show_role()
-        self._metrics.lease_refusals.inc()
+        if refused:
+            self._metrics.lease_refusals.inc()
         log.warning("writer lease lost: standing by", extra={"fields": {"reason": reason}})
 
     def _stand_by(self, acks: Iterable[DurableAck] = ()) -> None:
@@ -1171,7 +1173,7 @@ class PublishLoop:
         if lease is None or not lease.value:
             return
         value = lease.value
-        self._lost_lease("released at shutdown")
+        self._lost_lease("released at shutdown", refused=False)
         await self.publisher.release_lease(value)
 
     def _all_series(self) -> list[str]:
