@@ -84,6 +84,9 @@ def static_dir() -> Path:
 def build_app(gateway: Gateway) -> web.Application:
     app = web.Application(middlewares=[_errors, _cors, _auth])
     app[GATEWAY] = gateway
+    clients = gateway.hub.clients
+    gateway.metrics.pending.set_function(lambda: sum(c.pending for c in clients))
+    gateway.metrics.pending_max.set_function(lambda: max((c.pending for c in clients), default=0))
     app.router.add_get("/", page)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -79,6 +79,18 @@ class GatewayMetrics:
             "Times the Redis subscription was lost and set up again.",
             registry=r,
         )
+        # Read at scrape time from the clients' slots (Gauge.set_function): at most one per
+        # followed series and client, whatever the client's speed.
+        self.pending = Gauge(
+            "streamer_gateway_pending_updates",
+            "Updates waiting in the stream clients' conflating slots, all clients together.",
+            registry=r,
+        )
+        self.pending_max = Gauge(
+            "streamer_gateway_client_pending_max",
+            "Updates waiting for the client that has the most waiting.",
+            registry=r,
+        )
         for transport in TRANSPORTS:
             self.clients.labels(transport)
             self.fanout.labels(transport)
