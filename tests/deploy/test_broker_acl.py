@@ -303,7 +303,7 @@ def test_redis_acl_reader_user_reads_and_subscribes_but_never_writes(
     assert reader.ping()
     assert reader.hget("streamer:index:DEMO30", "level") == "1.0"
     assert reader.hgetall("streamer:series") == {"DEMO30": "{}"}
-    assert len(reader.xrange("streamer:history:DEMO30")) == 1
+    assert reader.xlen("streamer:history:DEMO30") == 1 and reader.xrange("streamer:history:DEMO30")
     pubsub = reader.pubsub()  # type: ignore[no-untyped-call]
     pubsub.subscribe("streamer:levels")
     pubsub.subscribe("streamer:levels:DEMO30")
