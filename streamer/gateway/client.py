@@ -25,6 +25,12 @@ from streamer.gateway.records import LevelUpdate
 # series it is left out (a reconnect then gets the full snapshot, which is what it needs
 # anyway: the newest value of each series).
 MAX_ID_SERIES = 500
+# The rate limit is a token bucket per series holding up to this many sends: over any window
+# of T seconds a series gets at most rate * T + BURST updates.  A bucket of one (the next send
+# not before the last one plus 1/rate) would drift: a feed publishing at exactly max_rate
+# arrives a hair early half of the time, each send would wait for that hair, and the waits
+# would add up until a whole period was lost.
+BURST = 2.0
 
 State = str  # "live" | "disconnected"
 
@@ -80,11 +86,11 @@ class ClientStream:
     ) -> None:
         self.series = tuple(series)
         self.transport = transport
-        self._interval_s = 1.0 / rate
+        self._rate = rate
         self._metrics = metrics
         self._slots: dict[str, LevelUpdate | State] = {}
         self._wake = asyncio.Event()
-        self._next_allowed: dict[str, float] = {}  # series -> loop time it may be sent again
+        self._buckets: dict[str, tuple[float, float]] = {}  # series -> (tokens, loop time)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self.sent_seq: dict[str, int] = {}
@@ -140,12 +146,14 @@ class ClientStream:
                 events.append(Event("status", _encoder.encode({"state": item})))
                 del self._slots[key]
                 continue
-            allowed = self._next_allowed.get(key, 0.0)
-            if allowed > now:
-                later = min(later, allowed)
+            tokens, at = self._buckets.get(key, (BURST, now))
+            tokens = min(BURST, tokens + (now - at) * self._rate)
+            if tokens < 1.0:
+                self._buckets[key] = (tokens, now)
+                later = min(later, now + (1.0 - tokens) / self._rate)
                 continue
             del self._slots[key]
-            self._next_allowed[key] = now + self._interval_s
+            self._buckets[key] = (tokens - 1.0, now)
             self.sent_seq[key] = item.seq
             events.append(Event("level", item.raw, (wall_ns - item.ts) / 1e9))
         if later < self._timer_at:

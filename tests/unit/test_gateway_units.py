@@ -113,3 +113,31 @@ def test_parsers_skip_what_they_cannot_read() -> None:
     assert level_from_hash("A", {**fields, "level": "nan"}) is None
     assert level_from_hash("A", {**fields, "seq": "x"}) is None
     assert level_from_hash("A", {}) is None
+
+
+async def test_the_rate_limit_sends_the_newest_value_at_most_rate_per_second() -> None:
+    metrics = GatewayMetrics()
+    client = ClientStream(("A",), rate=10.0, transport="sse", metrics=metrics)
+    sent: list[int] = []
+
+    async def send(events: Sequence[Event], event_id: str | None) -> None:
+        sent.extend(int(e.data.split(b'"seq":')[1].rstrip(b"}")) for e in events
+                    if e.kind == "level")  # fmt: skip
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(
+        client.run(send, heartbeat_s=60, write_timeout_s=1, state=lambda: "live")
+    )
+    start = loop.time()
+    for seq in range(1, 201):  # far faster than 10 a second
+        client.offer(update("A", seq))
+        await asyncio.sleep(0.002)
+    elapsed = loop.time() - start
+    async with asyncio.timeout(5):
+        while not sent or sent[-1] != 200:  # noqa: ASYNC110 - the writer task sends
+            await asyncio.sleep(0.01)
+    task.cancel()
+    # The bound holds however slow the machine: a slower run only sends fewer.
+    assert len(sent) <= 10.0 * (loop.time() - start) + 2 + 1
+    assert len(sent) < 200 and elapsed > 0
+    assert sent == sorted(sent) and sent[-1] == 200  # newest values, in order, the last one too
