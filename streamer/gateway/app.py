@@ -340,19 +340,14 @@ async def _serve_client(
     task = asyncio.current_task()
     if task is not None:
         gateway.streams.add(task)
+    if request.transport is not None:
+        client.abort = request.transport.abort
     try:
-        await client.run(
-            send,
-            heartbeat_s=gateway.settings.heartbeat_s,
-            write_timeout_s=gateway.settings.write_timeout_s,
-            state=lambda: gateway.hub.state,
-        )
+        await client.run(send)
     except ClientTooSlowError:
         gateway.metrics.dropped.labels("write_timeout").inc()
         log.info("gateway: dropped a %s client that did not read for %.0f s",
                  client.transport, gateway.settings.write_timeout_s)  # fmt: skip
-        if request.transport is not None:
-            request.transport.abort()
     except (ConnectionError, RuntimeError):
         pass  # the client went away (aiohttp raises ClientConnectionResetError, a
         # ConnectionResetError, or RuntimeError for a closed WebSocket)
@@ -361,6 +356,19 @@ async def _serve_client(
             gateway.streams.discard(task)
         gateway.hub.detach(client)
         gateway.metrics.clients.labels(client.transport).dec()
+
+
+async def sweep_clients(gateway: Gateway) -> None:
+    """One timer for every client: heartbeats and write timeouts (ClientStream.check)."""
+    settings = gateway.settings
+    period = min(1.0, settings.heartbeat_s / 2, settings.write_timeout_s / 2)
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(period)
+        now = loop.time()
+        state = gateway.hub.state
+        for client in list(gateway.hub.clients):
+            client.check(now, settings.heartbeat_s, settings.write_timeout_s, state)
 
 
 def _sse_frame(events: Sequence[Event], event_id: str | None) -> bytes:

@@ -50,7 +50,9 @@ class ClientTooSlowError(Exception):
 
 Send = Callable[[Sequence[Event], str | None], Awaitable[None]]
 
-_STATUS_SLOT = "\x00status"  # cannot be a series id ([A-Za-z0-9._-])
+# Slot keys that cannot be series ids ([A-Za-z0-9._-]).
+_STATUS_SLOT = "\x00status"
+_HEARTBEAT_SLOT = "\x00heartbeat"
 _encoder = msgspec.json.Encoder()
 
 
@@ -94,6 +96,11 @@ class ClientStream:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self.sent_seq: dict[str, int] = {}
+        # For check(): when the write in progress began (loop time), when the last one ended.
+        self.writing_since: float | None = None
+        self.last_write = time.monotonic()  # the loop clock, on asyncio and uvloop alike
+        self.too_slow = False
+        self.abort: Callable[[], None] | None = None  # closes the client's connection
 
     @property
     def pending(self) -> int:
@@ -111,29 +118,41 @@ class ClientStream:
         self._slots[_STATUS_SLOT] = state
         self._wake.set()
 
-    async def run(
-        self,
-        send: Send,
-        *,
-        heartbeat_s: float,
-        write_timeout_s: float,
-        state: Callable[[], State],
-    ) -> None:
-        """Send until the client goes away (an error from ``send``) or is too slow."""
+    async def run(self, send: Send) -> None:
+        """Send until the client goes away (an error from ``send``) or is found too slow by
+        :meth:`check` (ClientTooSlowError)."""
         loop = asyncio.get_running_loop()
         while True:
-            try:
-                async with asyncio.timeout(heartbeat_s):
-                    await self._wake.wait()
-            except TimeoutError:
-                heartbeat = _encoder.encode({"ts_ms": time.time_ns() // 1_000_000,
-                                             "state": state()})  # fmt: skip
-                await self._write(send, [Event("heartbeat", heartbeat)], None, write_timeout_s)
-                continue
+            await self._wake.wait()
             self._wake.clear()
             events = self._due_events(loop.time())
-            if events:
-                await self._write(send, events, encode_event_id(self.sent_seq), write_timeout_s)
+            if not events:
+                continue
+            self.writing_since = loop.time()
+            try:
+                await send(events, encode_event_id(self.sent_seq))
+            except Exception as exc:
+                if self.too_slow:
+                    raise ClientTooSlowError from exc
+                raise
+            finally:
+                self.writing_since = None
+                self.last_write = loop.time()
+            lags = [e.lag_s for e in events if e.kind == "level"]
+            self._metrics.observe_sent(self.transport, lags)
+
+    def check(self, now: float, heartbeat_s: float, write_timeout_s: float, state: State) -> None:
+        """Called about every second for every client (one timer for all clients, instead of
+        two timeouts per write): abort a write that has taken longer than ``write_timeout_s``
+        (the client does not read), or queue a heartbeat after ``heartbeat_s`` of silence."""
+        if self.writing_since is not None:
+            if now - self.writing_since > write_timeout_s and not self.too_slow:
+                self.too_slow = True
+                if self.abort is not None:
+                    self.abort()  # the pending write fails; run() says why
+        elif now - self.last_write >= heartbeat_s and _HEARTBEAT_SLOT not in self._slots:
+            self._slots[_HEARTBEAT_SLOT] = state
+            self._wake.set()
 
     def _due_events(self, now: float) -> list[Event]:
         """Take what may be sent now out of the slots; wake up later for the rest."""
@@ -143,8 +162,12 @@ class ClientStream:
         for key in list(self._slots):
             item = self._slots[key]
             if isinstance(item, str):
-                events.append(Event("status", _encoder.encode({"state": item})))
                 del self._slots[key]
+                if key == _HEARTBEAT_SLOT:
+                    heartbeat = {"ts_ms": wall_ns // 1_000_000, "state": item}
+                    events.append(Event("heartbeat", _encoder.encode(heartbeat)))
+                else:
+                    events.append(Event("status", _encoder.encode({"state": item})))
                 continue
             tokens, at = self._buckets.get(key, (BURST, now))
             tokens = min(BURST, tokens + (now - at) * self._rate)
@@ -167,16 +190,6 @@ class ClientStream:
         self._timer = None
         self._timer_at = float("inf")
         self._wake.set()
-
-    async def _write(
-        self, send: Send, events: list[Event], event_id: str | None, write_timeout_s: float
-    ) -> None:
-        try:
-            async with asyncio.timeout(write_timeout_s):
-                await send(events, event_id)
-        except TimeoutError:
-            raise ClientTooSlowError from None
-        self._metrics.observe_sent(self.transport, [e.lag_s for e in events if e.kind == "level"])
 
     def close(self) -> None:
         if self._timer is not None:

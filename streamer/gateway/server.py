@@ -17,7 +17,7 @@ from aiohttp import web
 from streamer.config import Settings
 from streamer.endpoints import parse_listen_address, redact_url
 from streamer.errors import ConfigError
-from streamer.gateway.app import Gateway, build_app
+from streamer.gateway.app import Gateway, build_app, sweep_clients
 from streamer.gateway.feed import RedisFeed
 from streamer.gateway.hub import Hub
 from streamer.gateway.metrics import GatewayMetrics
@@ -89,11 +89,11 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             loop.add_signal_handler(signum, stop.set)
     feed_task = asyncio.create_task(feed.run(), name="gateway-feed")
     flush_task = asyncio.create_task(_flush_metrics(metrics), name="gateway-metrics")
+    sweep_task = asyncio.create_task(sweep_clients(gateway), name="gateway-sweep")
     stopped = asyncio.create_task(stop.wait())
+    loops = (feed_task, flush_task, sweep_task, stopped)
     try:
-        done, _ = await asyncio.wait(
-            (feed_task, flush_task, stopped), return_when=asyncio.FIRST_COMPLETED
-        )
+        done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task is not stopped:
                 task.result()  # a loop that ended by itself failed: say so
@@ -101,9 +101,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         log.info("gateway: stopping (%d stream clients)", len(hub.clients))
         for stream in list(gateway.streams):
             stream.cancel()
-        for task in (feed_task, flush_task, stopped):
+        for task in loops:
             task.cancel()
-        await asyncio.gather(feed_task, flush_task, stopped, return_exceptions=True)
+        await asyncio.gather(*loops, return_exceptions=True)
         await runner.cleanup()
         await feed.close()
 

@@ -190,8 +190,9 @@ async def test_last_event_id_resumes_with_the_series_that_moved(
         assert (await resumed.next()).kind == "status"
         gap_fill = await resumed.next_level()
         assert (gap_fill["index"], gap_fill["level"]) == ("CAP2", 70.0)
-        # PX3 had not moved: it is not sent again; its next event is its next move.
-        feed.tick("AAA", 20.0)
+        # PX3 had not moved: it is not sent again; its next event is its next move (CCC is
+        # in PX3 alone).
+        feed.tick("CCC", 40.0)
         following = await resumed.next_level()
         assert (following["index"], following["level"]) == ("PX3", 140.0)
         assert resumed.last_id is not None

@@ -71,9 +71,7 @@ async def test_a_client_that_never_drains_holds_one_update_per_series() -> None:
     async def send(events: Sequence[Event], event_id: str | None) -> None:
         sent.append(list(events))
 
-    task = asyncio.create_task(
-        client.run(send, heartbeat_s=60, write_timeout_s=1, state=lambda: "live")
-    )
+    task = asyncio.create_task(client.run(send))
     await asyncio.sleep(0.05)
     task.cancel()
     (first,) = sent
@@ -125,9 +123,7 @@ async def test_the_rate_limit_sends_the_newest_value_at_most_rate_per_second() -
                     if e.kind == "level")  # fmt: skip
 
     loop = asyncio.get_running_loop()
-    task = asyncio.create_task(
-        client.run(send, heartbeat_s=60, write_timeout_s=1, state=lambda: "live")
-    )
+    task = asyncio.create_task(client.run(send))
     start = loop.time()
     for seq in range(1, 201):  # far faster than 10 a second
         client.offer(update("A", seq))
