@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +66,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             "instance (a replica of the cluster's data is fine); a cluster is not supported yet"
         )
     tokens = read_tokens(settings.gateway.tokens_file)
+    _allow_open_files(settings.gateway.max_clients + 256)
     url, password = redis_source(settings)
     hub = Hub()
     metrics = GatewayMetrics()
@@ -106,6 +108,18 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         await asyncio.gather(*loops, return_exceptions=True)
         await runner.cleanup()
         await feed.close()
+
+
+def _allow_open_files(wanted: int) -> None:
+    """One socket per client: raise the soft open-file limit (often 1024) towards ``wanted``,
+    as far as the hard limit lets an unprivileged process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            log.warning("gateway: cannot raise the open-file limit to %d (max_clients)", target)
 
 
 async def _flush_metrics(metrics: GatewayMetrics) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import urllib.error
 import urllib.request
 from typing import Any
@@ -15,7 +16,15 @@ from streamer.localservices import LocalRedis
 from tests.conftest import ServiceConfig
 from tests.gateway.conftest import GatewayProcess
 from tests.gateway.sse import SseStream, open_stream
-from tests.integration.harness import Feed, ServiceProcess, metric, scrape, wait_for
+from tests.integration.harness import (
+    Feed,
+    ServiceProcess,
+    http_get,
+    metric,
+    promtool,
+    scrape,
+    wait_for,
+)
 
 
 def get_json(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -247,3 +256,33 @@ def test_garbage_on_the_channel_is_counted_not_fatal(
     assert metric(samples, "streamer_gateway_bad_records_total", source="channel") >= 6
     status, _ = get_json(f"{gateway.url}/healthz")
     assert status == 200
+
+
+def test_metrics_name_clients_fanout_and_lag_and_pass_promtool(
+    gateway: GatewayProcess, feed: Feed
+) -> None:
+    wait_level(gateway, "PX3", 120.0)
+
+    async def while_streaming() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        async with aiohttp.ClientSession() as session:
+            stream = await open_stream(session, f"{gateway.url}/api/v1/stream?series=PX3")
+            await stream.next_level()
+            return await asyncio.to_thread(scrape, gateway.url)
+
+    samples = asyncio.run(while_streaming())
+    assert metric(samples, "streamer_gateway_clients", transport="sse") == 1
+    assert metric(samples, "streamer_gateway_redis_connected") == 1
+    status, text = http_get(gateway.url + "/metrics")
+    assert status == 200
+    for name in (
+        "streamer_gateway_fanout_messages_total", "streamer_gateway_lag_seconds_bucket",
+        "streamer_gateway_conflated_total", "streamer_gateway_dropped_clients_total",
+        "streamer_gateway_pending_updates", "streamer_gateway_redis_messages_total",
+    ):  # fmt: skip
+        assert name in text, name
+    tool = promtool()
+    if tool:
+        check = subprocess.run(
+            [tool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
