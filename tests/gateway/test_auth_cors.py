@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from streamer.errors import ConfigError
 from tests.gateway.conftest import GatewayProcess, gateway_section
 
 TOKEN = "s3cret-token-for-desks"
@@ -80,3 +81,13 @@ def test_cors_only_for_the_configured_origins(gateway: GatewayProcess) -> None:
     assert "Authorization" in headers["Access-Control-Allow-Headers"]
     status, _ = request(api, "OPTIONS", {**preflight, "Origin": "http://evil.example"})
     assert status == 403
+
+
+def test_an_unreadable_or_empty_tokens_file_exits_2_naming_the_field(tmp_path: Path) -> None:
+    from streamer.gateway.server import read_tokens
+
+    (tmp_path / "empty").write_text("# nobody yet\n\n")
+    for name in ("missing", "empty"):
+        with pytest.raises(ConfigError, match=r"field `gateway\.tokens_file`"):
+            read_tokens(str(tmp_path / name))
+    assert read_tokens("") == ()
