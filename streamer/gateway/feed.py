@@ -42,6 +42,8 @@ log = logging.getLogger("streamer.gateway")
 DIRECTORY_REFRESH_S = 10.0
 # With no message for this long, Redis is pinged (a dead connection is noticed in seconds).
 IDLE_PING_S = 2.0
+# While Redis stays away, a reminder is logged this often.
+REMINDER_S = 60.0
 # Hashes read per pipeline when loading the snapshot.
 LOAD_CHUNK = 500
 
@@ -91,6 +93,7 @@ class RedisFeed:
     async def run(self) -> None:
         backoff = Backoff(base_s=0.1, cap_s=5.0)
         connected_once = False
+        last_logged = float("-inf")
         while True:
             client = redis_client(self._url, self._password)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -107,11 +110,15 @@ class RedisFeed:
                 await self._follow(client, pubsub)
             except (aioredis.RedisError, OSError) as exc:
                 reraise_if_cancelled()
-                if self._hub.state == "live" or not connected_once:
+                now = asyncio.get_running_loop().time()
+                # Once when it goes, then a reminder a minute: never a line per retry.
+                if self._hub.state == "live" or now - last_logged >= REMINDER_S:
+                    last_logged = now
                     log.warning(
-                        "gateway: Redis %s unavailable (%s); retrying",
+                        "gateway: Redis %s unavailable (%s: %s); retrying with backoff",
                         redact_url(self._url),
                         type(exc).__name__,
+                        exc,
                     )
                 self._hub.set_state("disconnected")
                 self._metrics.redis_connected.set(0)

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from streamer.config import Settings
 from streamer.endpoints import parse_listen_address, redact_url
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, StreamerError
 from streamer.gateway.app import Gateway, build_app, sweep_clients
 from streamer.gateway.feed import RedisFeed
 from streamer.gateway.hub import Hub
@@ -76,7 +76,14 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     runner = web.AppRunner(build_app(gateway), handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        await feed.close()
+        raise StreamerError(
+            f"gateway: cannot listen on {listen.display} ([gateway] listen): {exc.strerror or exc}"
+        ) from None
     log.info(
         "gateway: serving http://%s/ from Redis %s (prefix %r)%s",
         listen.display,
