@@ -51,11 +51,12 @@ class Stream:
         self.log = log_path.open("w", encoding="utf-8")
         self.prices = dict(SYMBOLS)
         self.step = 0
+        self.last_ts = 0  # the newest batch's timestamp
 
     def batch(self) -> None:
         """Every symbol once, moved a little (never a big move: no hold)."""
         self.step += 1
-        ts = time.time_ns()
+        ts = self.last_ts = time.time_ns()
         ticks = []
         for k, symbol in enumerate(sorted(self.prices)):
             self.prices[symbol] = round(
