@@ -76,7 +76,8 @@ class Metrics:
         )
         self.actions = Counter(
             "streamer_actions",
-            "Control actions by outcome (accepted, applied, rejected) and reason.",
+            "Control actions by outcome (accepted, applied, rejected; ignored: not_in_shard, "
+            "for another shard's index or symbol) and reason.",
             ["outcome", "reason"],
             registry=r,
         )

@@ -7,9 +7,7 @@ stops for longer than the takeover bound (the lease TTL plus a second).
 
 from __future__ import annotations
 
-import bisect
 import itertools
-import math
 import signal
 import threading
 import time
@@ -18,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from streamer.localservices import LocalMosquitto, LocalRedis
-from tests.conftest import ServiceConfig, write_service_config
-from tests.e2e.logged_feed import ACTIONS, INDICES, SERIES, Stream, calc_levels
-from tests.integration.harness import ServiceProcess, Store, http_get, metric, scrape, wait_for
+from tests.e2e.logged_feed import ACTIONS, INDICES, SERIES, Stream
+from tests.e2e.replicas import Replica, check_published, settle
+from tests.integration.harness import Store
 
 LEASE_TTL_S = 2.0
 TAKEOVER_BOUND_S = LEASE_TTL_S + 1.0
@@ -29,61 +27,14 @@ TAKEOVER_BOUND_S = LEASE_TTL_S + 1.0
 SLACK_S = 10.0
 
 
-class Replica:
-    """One replica of shard ``s1``: its own config directory (log, MQTT client id and so its
-    own persistent broker session), the same Redis, prefix and indices as the others."""
-
-    def __init__(self, directory: Path, broker: LocalMosquitto, redis: LocalRedis) -> None:
-        directory.mkdir()
-        self.config: ServiceConfig = write_service_config(
-            directory,
-            broker.url,
-            redis.url,
-            INDICES,
-            shard={"name": "s1", "lease_ttl_s": LEASE_TTL_S},
-        )
-        self.process: ServiceProcess | None = None
-
-    def start(self) -> None:
-        self.process = ServiceProcess(self.config.path, self.config.metrics_url)
-        self.process.wait_connected()
-
-    @property
-    def service(self) -> ServiceProcess:
-        assert self.process is not None
-        return self.process
-
-    def role(self) -> str:
-        status, body = http_get(self.config.metrics_url + "/readyz")
-        return body.strip().removeprefix("ready: ") if status == 200 else ""
-
-    def wait_role(self, role: str, timeout: float) -> None:
-        wait_for(
-            lambda: self.role() == role, timeout, 0.05, f"{self.config.path.parent.name}: {role}"
-        )
-
-    def refusals(self) -> float:
-        return metric(scrape(self.config.metrics_url), "streamer_lease_refusals_total")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            assert self.process.terminate(timeout=15) == 0, self.process.logs()[-3000:]
-            self.process = None
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.process.send_signal(signal.SIGKILL)
-            self.process.process.wait(10)
-            self.process.kill()
-            self.process = None
-
-
 @contextmanager
 def shard(tmp_path: Path) -> Iterator[tuple[Stream, Store, Replica, Replica]]:
     """Replica ``a`` leading, ``b`` standing by, and the logged feed."""
     with LocalMosquitto() as broker, LocalRedis() as redis:
-        a = Replica(tmp_path / "a", broker, redis)
-        b = Replica(tmp_path / "b", broker, redis)
+        a, b = (
+            Replica(tmp_path / name, broker.url, redis.url, INDICES, "s1", LEASE_TTL_S)
+            for name in "ab"
+        )
         stream = Stream(broker, tmp_path / "sent.jsonl")
         try:
             a.start()
@@ -93,56 +44,8 @@ def shard(tmp_path: Path) -> Iterator[tuple[Stream, Store, Replica, Replica]]:
             yield stream, Store(redis.url), a, b
         finally:
             stream.close()
-            for replica in (a, b):
-                if replica.process is not None:
-                    replica.process.process.send_signal(signal.SIGCONT)
-                    replica.process.kill()
-
-
-def history(store: Store, config: ServiceConfig, series: str) -> list[tuple[int, dict[str, str]]]:
-    entries = store.xrange(f"{config.prefix}:history:{series}")
-    return [(int(entry_id.split("-")[0]), fields) for entry_id, fields in entries]
-
-
-def check_published(
-    store: Store, config: ServiceConfig, log: Path, tmp_path: Path, since_ms: int = 0
-) -> dict[str, list[tuple[int, dict[str, str]]]]:
-    """Every series' history: seqs strictly increasing (one writer at a time, each going on
-    from the last), every level from ``since_ms`` on one calc went through, and the latest
-    level calc's last."""
-    expected = calc_levels(config, log)
-    published = {}
-    for series in SERIES:
-        entries = history(store, config, series)
-        seqs = [int(fields["seq"]) for _, fields in entries]
-        assert all(a < b for a, b in itertools.pairwise(seqs)), (series, seqs)
-        known = sorted(expected[series])
-        for at_ms, fields in entries:
-            if at_ms < since_ms:
-                continue
-            level = float(fields["level"])
-            k = bisect.bisect_left(known, level * (1 - 1e-9))
-            assert k < len(known) and math.isclose(known[k], level, rel_tol=1e-9), (
-                f"{series}: published {level} (seq {fields['seq']}) at {at_ms} ms; calc never "
-                f"had it; logs in {tmp_path}"
-            )
-        final = float(store.hget(f"{config.prefix}:index:{series}", "level") or "nan")
-        assert math.isclose(final, expected[series][-1], rel_tol=1e-9), series
-        published[series] = entries
-    audit = [f"{f['id']}|{f['index']}" for _, f in store.xrange(f"{config.prefix}:actions")]
-    assert len(audit) == len(set(audit)), audit  # every action recorded once per index
-    return published
-
-
-def settle(store: Store, config: ServiceConfig, stream: Stream) -> None:
-    """Until the newest batch is published (the latest CW level carries its timestamp)."""
-    stream.batch()
-    sent = stream.last_ts
-    wait_for(
-        lambda: int(store.hget(f"{config.prefix}:index:PW", "source_ts") or "0") >= sent,
-        SLACK_S,
-        what="the last batch published",
-    )
+            a.discard()
+            b.discard()
 
 
 def test_a_killed_leader_is_replaced_by_its_standby_within_the_bound(tmp_path: Path) -> None:
@@ -151,7 +54,7 @@ def test_a_killed_leader_is_replaced_by_its_standby_within_the_bound(tmp_path: P
             for _ in range(3):
                 stream.batch()
             stream.action(action)
-        settle(store, a.config, stream)
+        settle(store, a.config, stream, "PW")
         a.kill()
         killed = time.monotonic()
         # The feed goes on; the standby computed everything and takes over once the lease
@@ -165,8 +68,8 @@ def test_a_killed_leader_is_replaced_by_its_standby_within_the_bound(tmp_path: P
             for _ in range(3):
                 stream.batch()
             stream.action(action)
-        settle(store, b.config, stream)
-        check_published(store, b.config, tmp_path / "sent.jsonl", tmp_path)
+        settle(store, b.config, stream, "PW")
+        check_published(store, b.config, tmp_path / "sent.jsonl", SERIES)
         print(f"takeover after SIGKILL: {took_over_s:.2f} s")
         # The first replica comes back as the standby: the lease is b's now.
         a.start()
@@ -179,14 +82,14 @@ def test_a_paused_leader_is_fenced_when_it_wakes(tmp_path: Path) -> None:
         for _ in range(5):
             stream.batch()
         stream.action(ACTIONS[0])
-        settle(store, a.config, stream)
+        settle(store, a.config, stream, "PW")
         a.service.process.send_signal(signal.SIGSTOP)
         b.wait_role("leader", TAKEOVER_BOUND_S + SLACK_S)
         for action in ACTIONS[1:4]:
             for _ in range(3):
                 stream.batch()
             stream.action(action)
-        settle(store, b.config, stream)
+        settle(store, b.config, stream, "PW")
         # The old leader wakes with a lease it believes it may still hold, and a backlog of
         # messages to publish: Redis refuses its writes, and it stands by.
         woke_ms = int(store.client.time()[0]) * 1000
@@ -196,9 +99,9 @@ def test_a_paused_leader_is_fenced_when_it_wakes(tmp_path: Path) -> None:
                 stream.batch()
             stream.action(action)
         a.wait_role("standby", SLACK_S)
-        settle(store, b.config, stream)
+        settle(store, b.config, stream, "PW")
         assert b.role() == "leader"
-        published = check_published(store, b.config, tmp_path / "sent.jsonl", tmp_path)
+        published = check_published(store, b.config, tmp_path / "sent.jsonl", SERIES)
         assert any(at_ms >= woke_ms for at_ms, _ in published["PW"])
         logs = a.service.logs()
         assert "writer lease lost" in logs, logs[-3000:]
@@ -248,8 +151,8 @@ def test_rolling_restart_under_a_live_feed_keeps_publishing(tmp_path: Path) -> N
         assert not failure, failure
         elapsed_s = (int(store.client.time()[0]) * 1000 - started_ms) / 1000
         rate = sent["batches"] * len(stream.prices) / elapsed_s
-        settle(store, b.config, stream)
-        published = check_published(store, b.config, tmp_path / "sent.jsonl", tmp_path)
+        settle(store, b.config, stream, "PW")
+        published = check_published(store, b.config, tmp_path / "sent.jsonl", SERIES)
         times = [at_ms for at_ms, _ in published["PW"] if at_ms >= started_ms]
         gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
         print(f"rolling restart: {rate:.0f} ticks/s, longest publishing gap {max(gaps)} ms")
