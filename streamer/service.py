@@ -83,6 +83,10 @@ class ServiceFailedError(StreamerError):
     """A task of the service failed; the message names it."""
 
 
+class StandbyDivergedError(ServiceFailedError):
+    """A standby missed messages the leader applied (its broker session was lost)."""
+
+
 class Service:
     """Wires ingestion, the engine, publishing, checkpoints and metrics for one config."""
 
@@ -317,6 +321,7 @@ class Service:
                 )
         self.publish_loop = self._publish_loop()
         self.mqtt.expect_session = self.restored and self._own_checkpoint
+        self.mqtt.on_session_lost = self._session_lost
         self._subscribe_constituents()
 
     def _subscribe_constituents(self) -> None:
@@ -337,6 +342,19 @@ class Service:
                 symbol=symbol,
             )  # fmt: skip
         self.mqtt.set_topics(topics, retired)
+
+    def _session_lost(self) -> None:
+        """The broker lost our session: messages of the gap may be missing.  A leader goes on
+        (what it publishes is the reference; the alert tells operators to check the actions),
+        but a standby would lead later from a state the leader's is not: it exits, and its
+        restart restores the leader's checkpoint."""
+        if self.publish_loop.role != "standby":
+            return
+        log.error("standby lost its broker session: exiting to restore the leader's state")
+        self._failure = self._failure or StandbyDivergedError(
+            "standby lost its broker session; a restart restores the leader's checkpoint"
+        )
+        self.stop()
 
     # ------------------------------------------------------------------ lifecycle
 

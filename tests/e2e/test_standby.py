@@ -55,6 +55,11 @@ def test_a_killed_leader_is_replaced_by_its_standby_within_the_bound(tmp_path: P
                 stream.batch()
             stream.action(action)
         settle(store, a.config, stream, "PW")
+        # It took the leader's state: leading from it now publishes what calc computes.
+        a.kill()
+        b.wait_role("leader", TAKEOVER_BOUND_S + SLACK_S)
+        settle(store, b.config, stream, "PW")
+        check_published(store, b.config, tmp_path / "sent.jsonl", SERIES)
         a.kill()
         killed = time.monotonic()
         # The feed goes on; the standby computed everything and takes over once the lease
@@ -160,3 +165,33 @@ def test_rolling_restart_under_a_live_feed_keeps_publishing(tmp_path: Path) -> N
         # A sanity check of the test itself: the feed really ran at a rate worth the name.
         assert rate > ticks_per_s / 5, rate
         assert a.refusals() == 0 and b.refusals() == 0
+
+
+def test_a_standby_that_lost_its_broker_session_restarts_from_the_leaders_state(
+    tmp_path: Path,
+) -> None:
+    with shard(tmp_path) as (stream, store, a, b):
+        for _ in range(3):
+            stream.batch()
+        settle(store, a.config, stream, "PW")
+        # The broker restarts without persistence: every session is gone, so what was sent
+        # while a replica was away is missing from its state.
+        stream.broker.restart()
+        stream.reconnect()
+        code = b.service.process.wait(SLACK_S)
+        assert code == 1, b.service.logs()[-2000:]
+        assert "standby lost its broker session" in b.service.logs()
+        a.wait_role("leader", SLACK_S)  # the leader goes on
+        b.process = None
+        b.start()
+        b.wait_role("standby", SLACK_S)
+        for action in ACTIONS[:2]:
+            for _ in range(3):
+                stream.batch()
+            stream.action(action)
+        settle(store, a.config, stream, "PW")
+        # It took the leader's state: leading from it now publishes what calc computes.
+        a.kill()
+        b.wait_role("leader", TAKEOVER_BOUND_S + SLACK_S)
+        settle(store, b.config, stream, "PW")
+        check_published(store, b.config, tmp_path / "sent.jsonl", SERIES)
