@@ -130,6 +130,12 @@ class Metrics:
             "Checkpoints that could not be written.",
             registry=r,
         )
+        self.tick_wildcard = Gauge(
+            "streamer_tick_wildcard_subscribed",
+            "1 when a tick topic filter is a wildcard (ticks of symbols no index holds arrive "
+            "and count as rejected/unknown_symbol), 0 when only constituents' topics are.",
+            registry=r,
+        )
         self.role = Gauge(
             "streamer_role",
             "1 for this replica's role: leader (holds the writer lease, publishes) or standby.",

@@ -56,7 +56,7 @@ from streamer.publish import Outbox, PublishLoop, RedisPublisher, history_policy
 from streamer.redis_clients import SlotRouter, async_client
 from streamer.series_metrics import SeriesMetrics
 from streamer.sessions import session_rules
-from streamer.topics import TICK_WILDCARDS, subscriptions, tick_topic
+from streamer.topics import TICK_WILDCARDS, receives_any_symbol, subscriptions, tick_topic
 
 log = logging.getLogger("streamer.service")
 input_log = logging.getLogger("streamer.input")
@@ -331,6 +331,7 @@ class Service:
         across runs)."""
         m = self.settings.mqtt
         if m.tick_topics != "constituents":
+            self.metrics.tick_wildcard.set(receives_any_symbol(m.topics))
             return
         members = self.engine.member_symbols()
         topics, unusable = subscriptions(m.topics, m.tick_topics, members)
@@ -342,6 +343,7 @@ class Service:
                 symbol=symbol,
             )  # fmt: skip
         self.mqtt.set_topics(topics, retired)
+        self.metrics.tick_wildcard.set(receives_any_symbol(topics))
 
     def _session_lost(self) -> None:
         """The broker lost our session: messages of the gap may be missing.  A leader goes on
