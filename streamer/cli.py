@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "bench": "bench",
     "state": "state",
     "tracking": "tracking",
+    "gateway": "gateway",
 }
 
 EXIT_OK = 0
@@ -88,6 +89,7 @@ def _short_help(name: str) -> str:
         "bench": "benchmarks (kernel, e2e)",
         "state": "show, export or reset the stored state",
         "tracking": "fund tracking difference and tracking error against its index",
+        "gateway": "HTTP/SSE/WebSocket gateway and live page for browsers",
     }[name]
 
 

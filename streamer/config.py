@@ -215,6 +215,41 @@ class ShardSettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=T
     lease_ttl_s: float = 5.0
 
 
+class GatewaySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``streamer gateway``: the HTTP/SSE/WebSocket front of the published levels (it only
+    reads Redis)."""
+
+    listen: str = "127.0.0.1:8080"
+    # Redis as the gateway reads it: "" is [redis].url; give the read-only consumer user here
+    # (redis://streamer-reader@host:6379/0) with its password in STREAMER_GATEWAY_PASSWORD or
+    # STREAMER_GATEWAY_PASSWORD_FILE, so a gateway can never write what desks read.
+    redis_url: str = ""
+    password: str | None = None  # only from the environment or a file, never from TOML
+    # Bearer tokens, one a line ("#" comments), relative to this file; "" admits everyone.
+    # A file, not a TOML list: tokens are secrets and the config is not.
+    tokens_file: str = ""
+    # Origins whose pages may call the API from a browser ("*" for any); [] sends no CORS
+    # headers (the gateway's own page is same-origin and needs none).
+    cors_origins: tuple[str, ...] = ()
+    # Concurrent stream clients (SSE and WebSocket together); more are refused with 503.
+    max_clients: int = 2000
+    # Updates per second per series a stream sends when the client names no max_rate, and
+    # the most it may ask for.
+    default_rate: float = 4.0
+    max_rate: float = 20.0
+    # A client whose socket takes longer than this to accept a write is disconnected: it
+    # cannot keep up, and its unsent data must not grow without bound.
+    write_timeout_s: float = 5.0
+    # A heartbeat event this often on every stream, so a page can tell a quiet market from a
+    # dead connection.
+    heartbeat_s: float = 5.0
+    # The page marks a series stale when its level is older than this.
+    stale_after_s: float = 30.0
+
+    def __repr__(self) -> str:
+        return f"GatewaySettings(listen={self.listen!r}, redis_url={redact_url(self.redis_url)!r})"
+
+
 class ConstituentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     symbol: str
     shares: float = 1.0
@@ -265,6 +300,7 @@ class _SettingsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     state: StateSettings = msgspec.field(default_factory=StateSettings)
     control: ControlSettings = msgspec.field(default_factory=ControlSettings)
     shard: ShardSettings = msgspec.field(default_factory=ShardSettings)
+    gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
     indices: tuple[str, ...] = ("indices/*.toml",)
 
 
@@ -279,6 +315,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     state: StateSettings
     control: ControlSettings
     shard: ShardSettings
+    gateway: GatewaySettings
     indices: tuple[IndexDefinition, ...]
     path: str
 
@@ -295,6 +332,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "state": StateSettings,
     "control": ControlSettings,
     "shard": ShardSettings,
+    "gateway": GatewaySettings,
 }
 _INDICES_VARIABLE = "STREAMER_INDICES"
 
@@ -353,6 +391,7 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         state=_resolve_state_directory(parsed.state, source),
         control=parsed.control,
         shard=parsed.shard,
+        gateway=_resolve_tokens_file(parsed.gateway, source),
         indices=tuple(definitions),
         path=str(cfg_path),
     )
@@ -610,11 +649,57 @@ def _validate_settings(s: _SettingsFile, source: _SettingsSource) -> None:
             s.control.id_retention_days, above=0.0, at_most=MAX_DURATION_DAYS, unit=" days"
         ),
     )
+    _validate_gateway(s.gateway, check, check_endpoint)
     if not s.indices:
         raise source.error("indices", "name at least one index definition glob")
     for pattern in s.indices:
         if not pattern or not pattern.isprintable():
             raise source.error("indices", f"{pattern!r} is not a file name pattern")
+
+
+# What a browser sends as Origin: scheme, host (or [IPv6]) and an optional port.
+_ORIGIN = re.compile(r"https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+# A stream faster than this per series is no dashboard: it is a feed, and Redis is there.
+MAX_GATEWAY_RATE = 1000.0
+
+
+def _validate_gateway(
+    g: GatewaySettings,
+    check: Callable[[str, str | None], None],
+    check_endpoint: Callable[[str, Callable[[str], object], str], None],
+) -> None:
+    check_endpoint("gateway.listen", parse_listen_address, g.listen)
+    if g.redis_url:
+        check_endpoint("gateway.redis_url", parse_redis_url, g.redis_url)
+    check("gateway.tokens_file", None if g.tokens_file.isprintable() else "control characters")
+    for origin in g.cors_origins:
+        check("gateway.cors_origins", _origin_problem(origin))
+    check("gateway.max_clients", _integer_problem(g.max_clients, 1, 1_000_000))
+    check("gateway.max_rate", _number_problem(g.max_rate, above=0.0, at_most=MAX_GATEWAY_RATE))
+    check(
+        "gateway.default_rate",
+        _number_problem(g.default_rate, above=0.0, at_most=g.max_rate)
+        if math.isfinite(g.max_rate)
+        else None,
+    )
+    check("gateway.write_timeout_s", _duration_problem(g.write_timeout_s))
+    check("gateway.heartbeat_s", _duration_problem(g.heartbeat_s, at_least=0.1))
+    check("gateway.stale_after_s", _duration_problem(g.stale_after_s))
+
+
+def _origin_problem(origin: str) -> str | None:
+    """Why ``origin`` is not a CORS origin (``*`` or scheme://host[:port], no path)."""
+    if origin == "*" or _ORIGIN.fullmatch(origin):
+        return None
+    return f'{origin!r} is not an origin: "*" or scheme://host[:port], without a path'
+
+
+def _resolve_tokens_file(gateway: GatewaySettings, source: _SettingsSource) -> GatewaySettings:
+    """The gateway settings with ``tokens_file`` absolute (relative to the config file)."""
+    if not gateway.tokens_file:
+        return gateway
+    path = (source.path.parent / gateway.tokens_file).resolve()
+    return msgspec.structs.replace(gateway, tokens_file=str(path))
 
 
 def _resolve_state_directory(state: StateSettings, source: _SettingsSource) -> StateSettings:

@@ -512,6 +512,10 @@ class Service:
                     self.pipeline.recompute()
                     self._handle(self.pipeline.advance(self.clock()))
                     self.checkpoints.closing = True
+                    # The current minute's bars go out with the final cycle, as they stand
+                    # (README: "written when the minute is over, and at shutdown"); the
+                    # final republish of the same levels does not change them.
+                    self.publish_loop.publisher.take_unfinished_bars()
                     published = await self.publish_loop.cycle(
                         everything=True, force_checkpoint=True
                     )

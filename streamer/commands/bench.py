@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import importlib
 
-HELP = "benchmarks: `kernel` (the pure engine), `e2e` (broker -> service -> Redis), `state`"
+HELP = (
+    "benchmarks: `kernel` (the pure engine), `e2e` (broker -> service -> Redis), `state`, "
+    "`gateway` (SSE clients on streamer gateway)"
+)
 
 _TARGETS = {
     "kernel": "streamer.bench.kernel",
     "e2e": "streamer.bench.e2e",
     "state": "streamer.bench.state",
+    "gateway": "streamer.bench.gateway",
 }
 
 

@@ -1,17 +1,22 @@
 """``streamer demo``: broker, Redis, simulated feed, the service and the live view, in one go.
 
-Starts private mosquitto and redis-server on free loopback ports, points the service and the
-feed at them through the environment (``STREAMER_MQTT_URL``, ``STREAMER_REDIS_URL``,
-``STREAMER_METRICS_LISTEN``), runs ``watch`` in the foreground until Ctrl-C, and then stops
+Starts private mosquitto and redis-server on free loopback ports, points the service, the
+gateway and the feed at them through the environment (``STREAMER_MQTT_URL``,
+``STREAMER_REDIS_URL``, ``STREAMER_METRICS_LISTEN``, ``STREAMER_GATEWAY_LISTEN``), runs
+``watch`` in the foreground until Ctrl-C (its footer keeps the gateway's page address on
+screen, and a desktop browser is opened on it when there is a display), and then stops
 everything it started, in order, also when something fails along the way.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
 import tempfile
 import time
+import webbrowser
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -41,13 +46,14 @@ DEMO_CONFIG = Path("config") / "streamer.toml"
 FIRST_LEVEL_WAIT_S = 10.0  # the service publishes its seeded levels right after start-up
 
 
-def demo_links(*, broker: str, redis_url: str, metrics: str) -> list[Link]:
+def demo_links(*, broker: str, redis_url: str, metrics: str, gateway: str) -> list[Link]:
     """What the footer of the live view keeps on screen, as (label, url), in this order.
 
     A new endpoint of the demo (a gateway, say) is one more entry here; the footer packs the
     entries into as few lines as the terminal's width allows.
     """
     return [
+        ("page", gateway),
         ("broker", broker),
         ("redis", redis_url),
         ("metrics", metrics),
@@ -107,11 +113,14 @@ def main(args: argparse.Namespace) -> int:
             broker = stack.enter_context(LocalMosquitto(workdir=workdir / "mosquitto"))
             redis_server = stack.enter_context(LocalRedis(workdir=workdir / "redis"))
             listen = f"127.0.0.1:{free_port()}"
+            gateway_listen = f"127.0.0.1:{free_port()}"
+            gateway_url = f"http://{gateway_listen}/"
             env = child_environment(
                 {
                     "STREAMER_MQTT_URL": broker.url,
                     "STREAMER_REDIS_URL": redis_server.url,
                     "STREAMER_METRICS_LISTEN": listen,
+                    "STREAMER_GATEWAY_LISTEN": gateway_listen,
                 }
             )
             config = str(config_path.resolve())
@@ -135,18 +144,34 @@ def main(args: argparse.Namespace) -> int:
                 env,
                 workdir / "simulate.log",
             )
-            # Stopped in reverse order: the feed first, then the service (which drains).
+            gateway = ChildProcess(
+                "gateway",
+                streamer_command("gateway", "--config", config),
+                env,
+                workdir / "gateway.log",
+            )
+            # Stopped in reverse order: the feed first, then the service (which drains), then
+            # the gateway (which only reads).
+            stack.callback(gateway.stop)
             stack.callback(service.stop)
             stack.callback(feed.stop)
             console.print("starting the service ...")
             service.start().wait_for_metrics(metrics_url(listen))
+            gateway.start().wait_for_metrics(f"{gateway_url}metrics")
             feed.start()
             _print_banner(
-                console, settings, broker.url, redis_server.url, listen=listen, workdir=workdir
+                console,
+                settings,
+                broker.url,
+                redis_server.url,
+                listen=listen,
+                gateway=gateway_url,
+                workdir=workdir,
             )
+            _open_page(gateway_url)
 
             def health() -> str | None:
-                for child in (service, feed):
+                for child in (service, gateway, feed):
                     if not child.alive():
                         return (
                             f"{child.name} exited with code {child.exit_code()}; "
@@ -170,7 +195,10 @@ def main(args: argparse.Namespace) -> int:
                 f"{args.rate:,.0f} ticks/s simulated",
                 footer=lambda: "Ctrl-C to stop",
                 links=demo_links(
-                    broker=broker.url, redis_url=redis_server.url, metrics=metrics_url(listen)
+                    broker=broker.url,
+                    redis_url=redis_server.url,
+                    metrics=metrics_url(listen),
+                    gateway=gateway_url,
                 ),
                 health=health,
             )
@@ -178,7 +206,9 @@ def main(args: argparse.Namespace) -> int:
             if problem:
                 console.print(f"[red]streamer demo: {problem}[/red]")
                 return 1
-            console.print("stopping the feed, the service, redis-server and mosquitto ...")
+            console.print(
+                "stopping the feed, the service, the gateway, redis-server and mosquitto ..."
+            )
             stack.close()
             feed_summary = _last_line(feed.log_path, "simulate:")
             if feed_summary:
@@ -198,8 +228,24 @@ def main(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _open_page(url: str) -> None:
+    """A browser on the page when this is a desktop session; over SSH or in a container the
+    footer's address is what to open."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return
+    with contextlib.suppress(Exception):  # no browser is no failure of the demo
+        webbrowser.open_new_tab(url)
+
+
 def _print_banner(
-    console: Console, settings: Settings, mqtt: str, redis_url: str, *, listen: str, workdir: Path
+    console: Console,
+    settings: Settings,
+    mqtt: str,
+    redis_url: str,
+    *,
+    listen: str,
+    gateway: str,
+    workdir: Path,
 ) -> None:
     series = sum(len(d.series_ids()) for d in settings.indices)
     symbols = len({c.symbol for d in settings.indices for c in d.constituents})
@@ -210,6 +256,7 @@ def _print_banner(
         f"  redis    {redis_url}  (prefix {settings.redis.prefix!r}: "
         f"try `redis-cli -u {redis_url} hgetall {settings.redis.prefix}:index:"
         f"{settings.indices[0].id}`)\n"
+        f"  page     {gateway}  (the gateway: live table and charts in a browser)\n"
         f"  metrics  {metrics_url(listen)}\n"
         f"  logs     {workdir}"
     )

@@ -47,7 +47,9 @@ def _found(name: str) -> bool:  # the bootstrap's own test: on PATH, or in /usr/
 def checkout(tmp_path: Path) -> Path:
     # With a package missing, the bootstrap would run apt-get (as root): not in a test.
     missing = [
-        n for n in ("mosquitto", "mosquitto_passwd", "redis-server", "promtool") if not _found(n)
+        n
+        for n in ("mosquitto", "mosquitto_passwd", "redis-server", "promtool", "chromium")
+        if not _found(n)
     ]
     if missing:
         pytest.skip(f"the bootstrap would install {missing}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -286,3 +287,49 @@ def test_redis_acl_confines_the_service_user_to_its_prefix(redis_acl: DeployRedi
         client.set("elsewhere:key", "x")
     with pytest.raises(redis.exceptions.NoPermissionError):
         client.flushall()
+
+
+def test_redis_acl_reader_user_reads_and_subscribes_but_never_writes(
+    redis_acl: DeployRedis,
+) -> None:
+    """``streamer-reader``: what consumers and ``streamer gateway`` log in as."""
+    writer = redis_client(redis_acl, "streamer", secret("redis_password"))
+    writer.hset("streamer:index:DEMO30", mapping={"level": "1.0"})
+    writer.xadd("streamer:history:DEMO30", {"level": "1.0"})
+    writer.hset("streamer:series", mapping={"DEMO30": "{}"})
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis_client(redis_acl, "streamer-reader", "wrong").ping()
+    reader = redis_client(redis_acl, "streamer-reader", secret("redis_reader_password"))
+    assert reader.ping()
+    assert reader.hget("streamer:index:DEMO30", "level") == "1.0"
+    assert reader.hgetall("streamer:series") == {"DEMO30": "{}"}
+    assert reader.xlen("streamer:history:DEMO30") == 1 and reader.xrange("streamer:history:DEMO30")
+    pubsub = reader.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.subscribe("streamer:levels")
+    pubsub.subscribe("streamer:levels:DEMO30")
+    assert drain_subscribe_replies(pubsub) == 2
+    writer.publish("streamer:levels", "[]")
+    message = pubsub.get_message(timeout=5)
+    assert message is not None and message["data"] == "[]"
+    pubsub.close()
+    for write in (
+        lambda: reader.hset("streamer:index:DEMO30", "level", "2.0"),
+        lambda: reader.xadd("streamer:history:DEMO30", {"level": "2.0"}),
+        lambda: reader.delete("streamer:index:DEMO30"),
+        lambda: reader.publish("streamer:levels", "forged"),
+        lambda: reader.get("elsewhere:key"),
+        reader.flushall,
+        lambda: reader.config_get("*"),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            write()
+    assert writer.hget("streamer:index:DEMO30", "level") == "1.0"
+
+
+def drain_subscribe_replies(pubsub: Any) -> int:
+    confirmed = 0
+    while confirmed < 2:
+        message = pubsub.get_message(timeout=5)
+        assert message is not None, "no subscribe confirmation"
+        confirmed += message["type"] == "subscribe"
+    return confirmed

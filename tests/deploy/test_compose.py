@@ -329,6 +329,25 @@ def test_service_reaches_redis_as_its_acl_user(compose: dict[str, Any], tmp_path
     assert f"&{settings.redis.prefix}:*" in rules, "users.acl does not grant the levels channel"
 
 
+def test_gateway_reads_redis_as_the_read_only_user(compose: dict[str, Any], tmp_path: Path) -> None:
+    import hashlib
+
+    from streamer.gateway.server import redis_source
+
+    settings = settings_as_seen_by(compose, "gateway", tmp_path)
+    url, password = redis_source(settings)
+    assert urlsplit(url).hostname == "redis" and urlsplit(url).username == "streamer-reader"
+    assert password is not None
+    redis = service(compose, "redis")
+    acl_path = Path(command_option(redis["command"], "--aclfile"))
+    rules = redis_acl_users(bind_mounts(redis)[str(acl_path)])["streamer-reader"]
+    assert f"#{hashlib.sha256(password.encode()).hexdigest()}" in rules
+    assert "-@all" in rules and "+@read" in rules and "+@write" not in rules
+    gateway = service(compose, "gateway")
+    assert container_port(gateway, "GATEWAY_PORT") == 8080
+    assert settings.gateway.listen == "0.0.0.0:8080"
+
+
 def test_healthchecks_use_mounted_secrets(compose: dict[str, Any]) -> None:
     for name in ("mosquitto", "redis"):
         spec = service(compose, name)

@@ -431,6 +431,42 @@ BAD_CASES: dict[str, BadCase] = {
     "max_pending_not_an_integer": BadCase(
         service_setting("control", "max_pending = 10.5"), "service.toml", "`control.max_pending`"
     ),
+    # --- [gateway] (streamer gateway)
+    "gateway_listen_without_host": BadCase(
+        service_setting("gateway", 'listen = ":8080"'), "service.toml", "`gateway.listen`"
+    ),
+    "gateway_redis_url_scheme": BadCase(
+        service_setting("gateway", 'redis_url = "http://redis:6379"'),
+        "service.toml",
+        "`gateway.redis_url`",
+    ),
+    "gateway_password_in_toml": BadCase(
+        service_setting("gateway", 'password = "hunter2"'),
+        "service.toml",
+        "`gateway.password`",
+        "STREAMER_GATEWAY_PASSWORD",
+    ),
+    "gateway_origin_with_path": BadCase(
+        service_setting("gateway", 'cors_origins = ["https://desk.example/app"]'),
+        "service.toml",
+        "`gateway.cors_origins`",
+        "without a path",
+    ),
+    "gateway_default_rate_above_max": BadCase(
+        service_setting("gateway", "default_rate = 50.0"),
+        "service.toml",
+        "`gateway.default_rate`",
+        "<= 20",
+    ),
+    "gateway_max_rate_zero": BadCase(
+        service_setting("gateway", "max_rate = 0"), "service.toml", "`gateway.max_rate`"
+    ),
+    "gateway_max_clients_zero": BadCase(
+        service_setting("gateway", "max_clients = 0"), "service.toml", "`gateway.max_clients`"
+    ),
+    "gateway_unknown_field": BadCase(
+        service_setting("gateway", "tokens = ['a']"), "service.toml", "`gateway.tokens`"
+    ),
     # --- the metrics listener binds every interface only when told to
     "listen_without_host": BadCase(
         service_setting("metrics", 'listen = ":9108"'),
