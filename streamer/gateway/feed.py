@@ -20,6 +20,7 @@ import time
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -52,20 +53,37 @@ class RedisUnavailableError(Exception):
     """A read could not be served: Redis is unreachable or refused it."""
 
 
-def redis_client(url: str, password: str | None) -> aioredis.Redis:
+def redis_client(
+    url: str, password: str | None, *, host: str | None = None, port: int | None = None
+) -> aioredis.Redis:
     """A client that fails fast: the feed owns retries, and a REST read answers 503 at once
-    rather than hanging while Redis is down."""
+    rather than hanging while Redis is down (``host``/``port``: another node, same
+    credentials)."""
     endpoint = parse_redis_url(url, password)
     return aioredis.Redis(
-        host=endpoint.host,
-        port=endpoint.port,
-        db=endpoint.db,
+        host=host or endpoint.host,
+        port=port or endpoint.port,
+        db=endpoint.db if host is None else 0,
         username=endpoint.username,
         password=endpoint.password,
         ssl=endpoint.tls,
         socket_timeout=5.0,
         socket_connect_timeout=2.0,
         retry=Retry(NoBackoff(), 0),
+    )
+
+
+def cluster_client(url: str, password: str | None) -> aiocluster.RedisCluster:
+    """For reads of a Redis Cluster: each key from the node serving it."""
+    endpoint = parse_redis_url(url, password)
+    return aiocluster.RedisCluster(
+        host=endpoint.host,
+        port=endpoint.port,
+        username=endpoint.username,
+        password=endpoint.password,
+        ssl=endpoint.tls,
+        socket_timeout=5.0,
+        socket_connect_timeout=2.0,
     )
 
 
@@ -77,13 +95,19 @@ class RedisFeed:
         keys: KeyLayout,
         hub: Hub,
         metrics: GatewayMetrics,
+        cluster: bool = False,
     ) -> None:
         self._url = url
         self._password = password
         self._keys = keys
         self._hub = hub
         self._metrics = metrics
-        self._reader = redis_client(url, password)
+        # Reads (the directory, hashes, streams). On a Redis Cluster the keys of several
+        # shards are on several nodes; the channel is broadcast to every node, so the
+        # subscription goes to any one of them.
+        self._cluster = cluster_client(url, password) if cluster else None
+        self._reader: Any = self._cluster or redis_client(url, password)
+        self._attempt = 0
 
     async def close(self) -> None:
         await self._reader.aclose()
@@ -95,11 +119,11 @@ class RedisFeed:
         connected_once = False
         last_logged = float("-inf")
         while True:
-            client = redis_client(self._url, self._password)
+            client = await self._subscriber()
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._keys.levels_channel())
-                await self.load(client)
+                await self.load(self._reader)
                 if connected_once:
                     self._metrics.redis_reconnects.inc()
                     log.info("gateway: Redis subscription restored")
@@ -126,6 +150,21 @@ class RedisFeed:
             finally:
                 await _close_quietly(pubsub, client)
 
+    async def _subscriber(self) -> aioredis.Redis:
+        """A connection for the subscription: the configured node, or on a cluster the next
+        of its nodes at each attempt (so a dead seed node is not tried for ever)."""
+        if self._cluster is None:
+            return redis_client(self._url, self._password)
+        self._attempt += 1
+        try:
+            await self._cluster.initialize()
+            nodes = self._cluster.get_nodes()
+        except (aioredis.RedisError, OSError):
+            reraise_if_cancelled()
+            return redis_client(self._url, self._password)
+        node = nodes[self._attempt % len(nodes)]
+        return redis_client(self._url, self._password, host=node.host, port=int(node.port))
+
     async def _follow(self, client: aioredis.Redis, pubsub: Any) -> None:
         loop = asyncio.get_running_loop()
         next_refresh = loop.time() + DIRECTORY_REFRESH_S
@@ -141,9 +180,9 @@ class RedisFeed:
                 self._hub.publish(updates)
             if loop.time() >= next_refresh:
                 next_refresh = loop.time() + DIRECTORY_REFRESH_S
-                await self.load(client, only_new=True)
+                await self.load(self._reader, only_new=True)
 
-    async def load(self, client: aioredis.Redis, *, only_new: bool = False) -> None:
+    async def load(self, client: Any, *, only_new: bool = False) -> None:
         """Read the directory, then the hash of each series (only those not cached yet with
         ``only_new``) into the hub."""
         raw = cast("dict[bytes, bytes]", await client.hgetall(self._keys.directory()))

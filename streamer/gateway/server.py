@@ -22,7 +22,7 @@ from streamer.gateway.app import Gateway, build_app, sweep_clients
 from streamer.gateway.feed import RedisFeed
 from streamer.gateway.hub import Hub
 from streamer.gateway.metrics import GatewayMetrics
-from streamer.keys import KeyLayout
+from streamer.keys import key_layout
 
 log = logging.getLogger("streamer.gateway")
 
@@ -60,17 +60,14 @@ def redis_source(settings: Settings) -> tuple[str, str | None]:
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Serve until ``stop`` is set (or SIGINT/SIGTERM when no event is given)."""
-    if settings.redis.cluster:
-        raise ConfigError(
-            f"{settings.path}: field `redis.cluster`: the gateway reads a single Redis "
-            "instance (a replica of the cluster's data is fine); a cluster is not supported yet"
-        )
     tokens = read_tokens(settings.gateway.tokens_file)
     _allow_open_files(settings.gateway.max_clients + 256)
     url, password = redis_source(settings)
     hub = Hub()
     metrics = GatewayMetrics()
-    feed = RedisFeed(url, password, KeyLayout(settings.redis.prefix), hub, metrics)
+    feed = RedisFeed(
+        url, password, key_layout(settings), hub, metrics, cluster=settings.redis.cluster
+    )
     gateway = Gateway(settings.gateway, hub, feed, metrics, tokens, set())
     listen = parse_listen_address(settings.gateway.listen)
     runner = web.AppRunner(build_app(gateway), handle_signals=False, access_log=None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 from redis.crc import key_slot
@@ -16,9 +17,18 @@ from redis.crc import key_slot
 from streamer.keys import KeyLayout
 from streamer.localservices import LocalMosquitto, LocalRedisCluster
 from streamer.outputs import parse_levels_message
+from tests.conftest import write_service_config
 from tests.e2e.logged_feed import ACTIONS, INDICES, Stream
 from tests.e2e.replicas import Replica, check_published, series_keys, settle
-from tests.integration.harness import Store, metric, scrape, streamer_command, wait_for
+from tests.gateway.conftest import GatewayProcess, gateway_section
+from tests.integration.harness import (
+    Store,
+    http_get,
+    metric,
+    scrape,
+    streamer_command,
+    wait_for,
+)
 
 LEASE_TTL_S = 2.0
 SLACK_S = 15.0
@@ -133,6 +143,38 @@ def test_two_shards_with_standbys_survive_a_master_failover_and_a_leader_kill(
             )  # fmt: skip
             assert state.returncode == 0, state.stderr
             assert '"CW"' in state.stdout and '"PW"' not in state.stdout
+
+            # The gateway serves both shards from the cluster: the directory with the latest
+            # levels, and a live stream.
+            gateway = GatewayProcess(
+                write_service_config(
+                    tmp_path / "gateway", broker.url, cluster.url,
+                    {"pw.toml": INDICES["pw.toml"]}, redis={"cluster": True},
+                    gateway=gateway_section(),
+                )
+            )  # fmt: skip
+            try:
+                gateway.wait_live()
+                status, body = http_get(gateway.url + "/api/v1/series")
+                assert status == 200, body
+                latest = {item["id"]: item["latest"] for item in json.loads(body)["series"]}
+                assert set(latest) == set(directory)
+                for series, fields in latest.items():
+                    index_key = series_keys(store, prefix, series)["index"]
+                    assert fields["seq"] <= int(store.hget(index_key, "seq") or "0"), series
+                with urllib.request.urlopen(
+                    gateway.url + "/api/v1/stream?series=PW,CW&max_rate=10", timeout=10
+                ) as response:
+                    stream.batch()
+                    streamed: set[str] = set()
+                    while streamed != {"PW", "CW"}:
+                        line = response.readline().decode()
+                        assert line, "the stream ended"
+                        if line.startswith("data:") and '"level"' in line:
+                            streamed.add(json.loads(line[5:])["index"])
+                        stream.batch()
+            finally:
+                gateway.stop()
 
             # Another shard's actions are not errors; a standby's first start (restoring its
             # leader's checkpoint) expects no broker session of its own.
