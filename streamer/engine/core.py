@@ -27,6 +27,7 @@ from streamer.engine import kernels
 from streamer.engine.actions import apply_action
 from streamer.engine.adjust import audit_records, continuous_divisors
 from streamer.engine.arrays import F64, I64, MAX_TS, NO_SEQ, NO_TS, Mask, float_cells, int_cells
+from streamer.engine.funds import FundBook, FundLevel, FundState
 from streamer.engine.quality import Screen, screen_one, screen_round, screen_runs
 from streamer.engine.results import (
     BAD_PRICE,
@@ -53,7 +54,8 @@ from streamer.engine.state import EngineState
 from streamer.engine.universe import SymbolBook, Universe
 from streamer.engine.weighting import WEIGHTINGS, Weighting
 from streamer.errors import ConfigError
-from streamer.wire import Action, FxRate, ReferenceLevel, Tick
+from streamer.fund_config import Basket, FundDefinition
+from streamer.wire import Action, BasketChange, FxRate, ReferenceLevel, Rights, Split, Tick
 
 # Batches up to this size take the per-tick path: below it numpy's per-call overhead loses
 # (measured crossover on 500 symbols / 15 indices: about 28 ticks).
@@ -93,6 +95,11 @@ def check_definitions(definitions: Sequence[IndexDefinition]) -> None:
                     )
 
 
+def fund_state_ids(state: FundState) -> list[str]:
+    """The funds a restored fund state was built for (its ids travel with the snapshot)."""
+    return list(state.ids)
+
+
 def _int_column(values: list[int | None], missing: int) -> I64:
     """An int64 column of optional ints, ``missing`` where a value is None."""
     try:
@@ -128,11 +135,13 @@ class Engine:
         max_pending: int = DEFAULT_MAX_PENDING,
         id_retention_ns: int = DEFAULT_ID_RETENTION_NS,
         state: EngineState | None = None,
+        funds: Sequence[FundDefinition] = (),
     ) -> None:
         """``start_ns``: the market time the engine starts at (seed prices count as fresh
         from then).  ``sessions``: calendars to follow; None computes around the clock with
         no session and no scheduled close.  ``state``: a restored state (see
-        ``engine.snapshot``) instead of a fresh one from the definitions."""
+        ``engine.snapshot``) instead of a fresh one from the definitions.  ``funds``: index
+        funds valued from the same prices (see ``engine.funds``)."""
         quality = quality or QualitySettings()
         self.small_batch = SMALL_BATCH
         self.band = quality.max_move_pct / 100.0
@@ -230,9 +239,21 @@ class Engine:
         self._result: BatchResult | None = None  # the batch being applied (closes report here)
         self.now = start_ns  # the latest market time the engine was given
         check_definitions(self.definitions)
+        # Index funds: baskets over the same symbols; None when none is configured, so the
+        # hot paths pay one attribute test.
+        self.funds: FundBook | None = None
+        if funds:
+            fund_state = self.state.funds
+            if fund_state is not None and [d.id for d in funds] != fund_state_ids(fund_state):
+                fund_state = None  # restored for other funds: the caller reconciles
+            self.funds = FundBook(funds, self.universe, fund_state)
+            self.state.funds = self.funds.state
         if state is None:
             self._load_constituents(start_ns)
         else:
+            if self.funds is not None:
+                self.universe.add_symbols(self.funds.symbols(), start_ns)
+                self.funds.build()
             self._after_load()
             self._schedule_restored_closes()
             self._establish(np.arange(self.n_indices))  # indices the config added
@@ -257,7 +278,12 @@ class Engine:
                 sid = self.universe.add_symbol(c.symbol, c.currency or d.currency, start_ns)
                 if c.price is not None:
                     book.price[sid] = c.price
+        if self.funds is not None:
+            for symbol, currency in self.funds.symbols():
+                self.universe.add_symbol(symbol, currency, start_ns)
         self.universe.populate([d.constituents for d in self.definitions], start_ns)
+        if self.funds is not None:
+            self.funds.build()
         self._after_load()
         self._establish(np.arange(self.n_indices))
 
@@ -322,6 +348,8 @@ class Engine:
         result = screen.result
         for action in actions:
             self._submit(action, now, result)
+        if self.funds is not None and ticks:
+            self._take_quotes(ticks, now)
         quiet = not self._maybe_unestablished and (
             self._next_trigger == NO_TRIGGER or self._quiet_until(now, ticks, fx)
         )
@@ -598,6 +626,8 @@ class Engine:
             )
         self._stamped[touched] = True
         self._any_stamped = True
+        if self.funds is not None:
+            self.funds.touch(touched)
         after = book.price.take(touched)
         moved = (after != before) & ~np.isnan(after)
         first = moved & np.isnan(before)
@@ -623,6 +653,8 @@ class Engine:
     def _move_alone(self, sid: int, old: float) -> None:
         """Move the indices of the only symbol accepted in a batch from its ``old`` price."""
         cells = self.universe.book.cells
+        if self.funds is not None:
+            self.funds.touch_one(sid)
         row = self._row_cache.get(sid) or self._row(sid)
         self._stamp_newest(row.entries, cells.source_ts[sid])
         change = cells.price[sid] - old
@@ -666,6 +698,8 @@ class Engine:
                 before[sid] = old
         if not before:
             return
+        if self.funds is not None and len(before) > 1:
+            self.funds.touch(np.fromiter(before, np.int64, len(before)))
         if len(before) == 1:
             [(sid, old)] = before.items()
             self._move_alone(sid, old)
@@ -733,6 +767,8 @@ class Engine:
                 updated = True
         if updated:
             self._recompute_indices(self.universe.refresh_fx())
+            if self.funds is not None:
+                self.funds.recompute()
 
     def _reference(self, ref: ReferenceLevel, result: BatchResult) -> None:
         if ref.index not in self._series_by_id:
@@ -764,6 +800,8 @@ class Engine:
             self._fire_due(now, screen)
         if self._maybe_unestablished:
             self._establish_ready()
+        if self.funds is not None and self.funds.changed:
+            self._funds_changed(result)
         if screen.resets:
             names = self.universe.book.names
             result.add_seq_resets(names[sid] for sid in dict.fromkeys(screen.resets))
@@ -833,6 +871,8 @@ class Engine:
 
     def _submit(self, action: Action, now: int, result: BatchResult) -> None:
         effective = now if action.effective is None else action.effective
+        if isinstance(action, BasketChange):
+            effective = self._basket_open(action.fund, effective)
         if action.id in self.applied or action.id in self.agenda.ids:
             result.reject_action(action.id, "duplicate")
             return
@@ -875,6 +915,8 @@ class Engine:
             self.applied[event.id] = pending.cut
             self.applied_actions += 1
             result.add_audit(outcome)
+            if self.funds is not None:
+                self._funds_follow(event)
         self._forget_old_ids(pending.cut)
 
     def _forget_old_ids(self, now: int) -> None:
@@ -1021,10 +1063,114 @@ class Engine:
                 for s, j, variant in self.series
                 if (k := slot.get(j)) is not None
             )
+        if self.funds is not None:
+            closes = {
+                s: float(by_variant[variant][k])
+                for s, j, variant in self.series
+                if (k := slot.get(j)) is not None
+            }
+            navs = self.funds.close(closes, session, close_ns)
+            if navs and result is not None:
+                result.add_navs(navs)
         returns.roll(js, pr)
         self._mark_dirty(js)
         self._revise()
         return {j: float(pr[k]) for j, k in slot.items()}
+
+    # ------------------------------------------------------------------ funds
+
+    def _take_quotes(self, ticks: Sequence[Tick], now: int) -> None:
+        """Bid and ask of listing ticks (the premium uses their mid); a quote that is not
+        two positive finite prices with bid <= ask is ignored, its last price still counts."""
+        funds = self.funds
+        assert funds is not None
+        for t in ticks:
+            if t.ask is not None and t.bid is not None:
+                bid, ask = t.bid, t.ask
+                if math.isfinite(bid) and math.isfinite(ask) and 0.0 < bid <= ask:
+                    funds.quote(t.symbol, bid, ask, now if t.ts is None else t.ts)
+
+    def _funds_changed(self, result: BatchResult) -> None:
+        funds = self.funds
+        assert funds is not None
+        if np.isnan(funds.state.nav_base).any():
+            funds.establish(self._tracked_levels())
+        result.funds_changed = funds.take_changed()
+
+    def _tracked_levels(self) -> dict[str, float]:
+        funds = self.funds
+        if funds is None:
+            return {}
+        out = {}
+        for series in set(funds.tracks):
+            level = self.level_of(series)
+            out[series] = math.nan if level is None else level
+        return out
+
+    def _funds_follow(self, event: Action) -> None:
+        """A corporate action moved prices (and, for splits and rights, share counts):
+        baskets follow, so a fund's value does not jump with an adjusted price."""
+        funds = self.funds
+        assert funds is not None
+        if isinstance(event, Split):
+            funds.scale_holding(event.symbol, event.ratio)
+        elif isinstance(event, Rights):
+            funds.scale_holding(event.symbol, 1.0 + event.ratio)
+        funds.recompute()
+
+    def _basket_open(self, fund_id: str, effective: int) -> int:
+        """A basket takes effect at the first session open at or after ``effective`` (of
+        the calendar of the series the fund tracks); without sessions, at ``effective``."""
+        funds = self.funds
+        f = funds.slot.get(fund_id) if funds is not None else None
+        if funds is None or f is None or self.sessions is None:
+            return effective
+        slot = self._series_by_id.get(funds.tracks[f])
+        if slot is None:
+            return effective
+        cursor = self.cursors.get(self.calendar_of[slot[0]])
+        if cursor is None or cursor.current is None:
+            return effective
+        if cursor.current.open_ns >= effective:
+            return cursor.current.open_ns
+        later = cursor.next_open()
+        return later if later is not None and later >= effective else effective
+
+    def replace_basket(self, fund_id: str, basket: Basket) -> bool:
+        """The ``basket`` action's effect (the action context's way to the funds)."""
+        if self.funds is None:
+            return False
+        f = self.funds.slot.get(fund_id)
+        if f is None:
+            return False
+        currency = self.funds.definitions[f].currency
+        symbols = [(h.symbol, h.currency or currency) for h in basket.holdings]
+        self.universe.add_symbols(symbols, self.now)
+        return self.funds.replace_basket(fund_id, basket)
+
+    def fund_ids(self) -> list[str]:
+        return [] if self.funds is None else list(self.funds.ids)
+
+    def fund_levels(
+        self, funds: Iterable[str] | None = None, *, now: int | None = None
+    ) -> list[FundLevel]:
+        """Live figures of every fund (or of those named): iNAV, listing, premium, intraday
+        TD, staleness of the holdings at market time ``now``."""
+        book = self.funds
+        if book is None:
+            return []
+        if funds is None:
+            picks = list(range(book.n_funds))
+        else:
+            picks = sorted({book.slot[f] for f in funds if f in book.slot})
+        if not picks:
+            return []
+        at = self.now if now is None else now
+        n = len(self.universe.book)
+        stale_symbol = (self.universe.book.fresh_ns[:n] < at - self.stale_after_ns) | np.isnan(
+            self.universe.book.price[:n]
+        )
+        return book.levels(picks, self._tracked_levels(), stale_symbol)
 
     # ------------------------------------------------------------------ the action context
 
