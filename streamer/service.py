@@ -38,8 +38,11 @@ from streamer.backoff import Backoff, reraise_if_cancelled
 from streamer.config import RedisSettings, Settings, redact_url
 from streamer.endpoints import parse_listen_address, parse_redis_url
 from streamer.engine import BatchResult, Engine, SeriesLevel
+from streamer.engine.funds import FundLevel
 from streamer.engine.snapshot import restore
 from streamer.errors import StateError, StreamerError
+from streamer.fund_metrics import render as render_fund_metrics
+from streamer.fund_outputs import fund_directory
 from streamer.ingest import CONFLATED, INBOX_FULL, RawInbox
 from streamer.ingest.transport import MqttIngest
 from streamer.keys import KeyLayout
@@ -129,7 +132,7 @@ class Service:
             settings.redis.actions_maxlen,
             clock,
             history_policy(settings.publish).for_series(
-                sum(len(d.variants) for d in settings.indices)
+                sum(len(d.variants) for d in settings.indices) + len(settings.funds)
             ),
         )
         state = settings.state
@@ -148,6 +151,7 @@ class Service:
         self._watchdog: threading.Timer | None = None
         self._newest_applied = 0  # ts of the newest tick applied (for the ingest lag)
         self.http_port: int | None = None
+        self._fund_metrics_text = b""  # per-fund gauges as rendered last (streamer.fund_metrics)
         self.started = asyncio.Event()
 
     # ------------------------------------------------------------------ construction
@@ -162,6 +166,7 @@ class Service:
             start_ns=self.clock() if wall else 0,
             max_pending=s.control.max_pending,
             id_retention_ns=int(s.control.id_retention_days * 86_400e9),
+            funds=s.funds,
             **restored,
         )
 
@@ -190,6 +195,8 @@ class Service:
             on_durable=self.mqtt_ack,
             directory=self._directory,
             lease=self._lease(),
+            fund_levels=self._fund_levels if self.settings.funds else None,
+            inav_intervals_ms={f.id: f.inav_interval_ms for f in self.settings.funds},
         )
 
     def _lease(self) -> LeaseState | None:
@@ -202,12 +209,20 @@ class Service:
 
     def _directory(self) -> dict[str, bytes]:
         engine = self.engine
-        return directory(
+        entries = directory(
             engine.definitions,
             engine.member_counts(),
             engine.calendar_of,
             self.publisher.keys,
         )
+        if self.settings.funds:
+            entries.update(
+                fund_directory(self.settings.funds, engine.fund_holdings(), self.publisher.keys)
+            )
+        return entries
+
+    def _fund_levels(self, funds: Iterable[str] | None) -> list[FundLevel]:
+        return self.engine.fund_levels(funds, now=self.market_time())
 
     def _levels(self, series: Iterable[str] | None) -> list[SeriesLevel]:
         return self.engine.levels(series, now=self.market_time())
@@ -251,6 +266,7 @@ class Service:
             sessions=self.sessions,
             reset=self.reset_indices,
             start_ns=start,
+            funds=s.funds,
         )
         self.engine = self._engine(state=state)
         if not wall:
@@ -691,6 +707,9 @@ class Service:
         # staleness grows without ticks (when nothing is published).
         metrics = self.metrics
         await self.series_metrics.refresh(self.engine.series_table(now=self.market_time()))
+        fund_table = self.engine.fund_table()
+        if fund_table is not None:
+            self._fund_metrics_text = render_fund_metrics(fund_table)
         wall = self.clock()
         if self.settings.session.clock == "wall" and self._newest_applied:
             metrics.ingest_lag.set(max(0.0, (wall - self._newest_applied) / 1e9))
@@ -761,7 +780,11 @@ class Service:
             return "405 Method Not Allowed", text, b"method not allowed\n"
         if path == "/metrics":
             self.metrics.flush()
-            page = generate_latest(self.metrics.registry) + self.series_metrics.text()
+            page = (
+                generate_latest(self.metrics.registry)
+                + self.series_metrics.text()
+                + self._fund_metrics_text
+            )
             return "200 OK", CONTENT_TYPE_LATEST, page
         if path == "/healthz":
             return "200 OK", text, b"ok\n"

@@ -27,7 +27,7 @@ from streamer.engine import kernels
 from streamer.engine.actions import apply_action
 from streamer.engine.adjust import audit_records, continuous_divisors
 from streamer.engine.arrays import F64, I64, MAX_TS, NO_SEQ, NO_TS, Mask, float_cells, int_cells
-from streamer.engine.funds import FundBook, FundLevel, FundState
+from streamer.engine.funds import FundBook, FundLevel, FundTable
 from streamer.engine.quality import Screen, screen_one, screen_round, screen_runs
 from streamer.engine.results import (
     BAD_PRICE,
@@ -55,7 +55,18 @@ from streamer.engine.universe import SymbolBook, Universe
 from streamer.engine.weighting import WEIGHTINGS, Weighting
 from streamer.errors import ConfigError
 from streamer.fund_config import Basket, FundDefinition
-from streamer.wire import Action, BasketChange, FxRate, ReferenceLevel, Rights, Split, Tick
+from streamer.wire import (
+    Action,
+    BasketChange,
+    Dividend,
+    FxRate,
+    ReferenceLevel,
+    Rights,
+    SpecialDividend,
+    Spinoff,
+    Split,
+    Tick,
+)
 
 # Batches up to this size take the per-tick path: below it numpy's per-call overhead loses
 # (measured crossover on 500 symbols / 15 indices: about 28 ticks).
@@ -93,11 +104,6 @@ def check_definitions(definitions: Sequence[IndexDefinition]) -> None:
                         f"{where}: field `constituents[{c.symbol}].price`: "
                         f"{c.price} here but {first[0]} in {first[1]}"
                     )
-
-
-def fund_state_ids(state: FundState) -> list[str]:
-    """The funds a restored fund state was built for (its ids travel with the snapshot)."""
-    return list(state.ids)
 
 
 def _int_column(values: list[int | None], missing: int) -> I64:
@@ -244,8 +250,8 @@ class Engine:
         self.funds: FundBook | None = None
         if funds:
             fund_state = self.state.funds
-            if fund_state is not None and [d.id for d in funds] != fund_state_ids(fund_state):
-                fund_state = None  # restored for other funds: the caller reconciles
+            if fund_state is not None and [d.id for d in funds] != fund_state.ids:
+                fund_state = None  # restored for other funds (snapshot.restore reconciles)
             self.funds = FundBook(funds, self.universe, fund_state)
             self.state.funds = self.funds.state
         if state is None:
@@ -1115,8 +1121,24 @@ class Engine:
         if isinstance(event, Split):
             funds.scale_holding(event.symbol, event.ratio)
         elif isinstance(event, Rights):
+            funds.credit(event.symbol, -event.ratio * event.price)  # subscribed
             funds.scale_holding(event.symbol, 1.0 + event.ratio)
+        elif isinstance(event, Dividend):
+            funds.credit(event.symbol, event.amount * (1.0 - self._withholding(event.symbol)))
+        elif isinstance(event, SpecialDividend):
+            funds.credit(event.symbol, event.amount)
+        elif isinstance(event, Spinoff):
+            funds.credit(event.symbol, event.ratio * event.price)  # spun-off shares, as cash
         funds.recompute()
+
+    def _withholding(self, symbol: str) -> float:
+        """The dividend withholding rate of a symbol, as its index membership gives it (0
+        when no index holds it): the fund suffers what the NTR series it tracks assumes."""
+        sid = self.universe.book.ids[symbol]
+        if sid < 0:
+            return 0.0
+        rows = self.universe.members.row_of(sid)
+        return float(self.universe.members.withholding[rows[0]]) if len(rows) else 0.0
 
     def _basket_open(self, fund_id: str, effective: int) -> int:
         """A basket takes effect at the first session open at or after ``effective`` (of
@@ -1147,6 +1169,10 @@ class Engine:
         symbols = [(h.symbol, h.currency or currency) for h in basket.holdings]
         self.universe.add_symbols(symbols, self.now)
         return self.funds.replace_basket(fund_id, basket)
+
+    def fund_table(self) -> FundTable | None:
+        """Every fund's figures as arrays (metrics); None without funds."""
+        return None if self.funds is None else self.funds.table(self._tracked_levels())
 
     def fund_ids(self) -> list[str]:
         return [] if self.funds is None else list(self.funds.ids)
@@ -1411,10 +1437,21 @@ class Engine:
         return list(self.universe.book.names)
 
     def member_symbols(self) -> set[str]:
-        """Every symbol some index holds now (what a shard subscribes to)."""
+        """Every symbol some index or fund holds now, and the funds' listings (what a shard
+        subscribes to)."""
         universe = self.universe
         names = universe.book.names
-        return {names[sid] for sid in np.unique(universe.members.sid).tolist()}
+        held = {names[sid] for sid in np.unique(universe.members.sid).tolist()}
+        if self.funds is not None:
+            held.update(symbol for symbol, _ in self.funds.symbols())
+        return held
+
+    def fund_holdings(self) -> dict[str, int]:
+        """Fund id -> holdings in its current basket (for the directory)."""
+        if self.funds is None:
+            return {}
+        baskets = self.funds.state.baskets
+        return {f: len(b.holdings) for f, b in zip(self.funds.ids, baskets, strict=True)}
 
     def member_counts(self) -> dict[str, int]:
         """Index id -> number of constituents (for the directory of series)."""
@@ -1460,6 +1497,8 @@ class Engine:
         self.sums[:] = exact  # in place: the per-tick path holds a view of it
         self.missing = missing
         self.max_drift = max(self.max_drift, drift)
+        if self.funds is not None:
+            self.funds.recompute(report_all=False)
         return drift
 
     def close(self, now: int | None = None) -> Sequence[CloseRecord]:

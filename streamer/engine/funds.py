@@ -80,6 +80,17 @@ class FundLevel(msgspec.Struct, frozen=True, gc=False):
     source_ts: int  # ts of the newest listing tick (0: none)
 
 
+@dataclass(frozen=True, slots=True)
+class FundTable:
+    """Every fund at once, for metrics: live arrays and the latest NAV's daily figures."""
+
+    funds: Sequence[str]
+    inav: F64
+    premium_bps: F64
+    td_bps: F64
+    figures: Sequence[Mapping[str, float]]
+
+
 @dataclass(slots=True)
 class FundHistory:
     """A fund's official NAVs with the tracked series' closes, oldest first (durable)."""
@@ -151,6 +162,8 @@ class FundBook:
         self._valued_cells = float_cells(self.valued)
         self._n_rows = 0
         self.version = 0
+        # The daily figures of each fund's latest NAV (derived from the history).
+        self.figures: list[dict[str, float]] = [daily_figures(h) for h in self.state.history]
 
     # ------------------------------------------------------------------ building
 
@@ -199,12 +212,14 @@ class FundBook:
             self.listing_of.setdefault(sid, []).append(f)
         self.recompute()
 
-    def recompute(self) -> None:
-        """Every basket value from scratch (FX moves, actions, baskets, restore)."""
+    def recompute(self, report_all: bool = True) -> None:
+        """Every basket value from scratch (FX moves, actions, baskets, restore, and the
+        engine's drift-bounding timer, which reports only the funds that moved)."""
         book = self.universe.book
         members = self.holdings
         members.refresh_fx(self.universe.fx.factor)
         sums, missing = kernels.full_sums(members, book.price, self.n_funds)
+        moved = np.flatnonzero((sums != self.sums) | (missing != self.missing))
         self.sums[:] = sums  # in place: the per-tick path holds a view of it
         self.missing = missing
         valued = np.full(max(len(book.price), 8), np.nan)
@@ -213,7 +228,7 @@ class FundBook:
         self._valued_cells = float_cells(self.valued)
         self._rows.clear()
         self.version += 1
-        self.changed.update(range(self.n_funds))
+        self.changed.update(range(self.n_funds) if report_all else moved.tolist())
 
     # ------------------------------------------------------------------ market data
 
@@ -366,6 +381,17 @@ class FundBook:
             )
         return out
 
+    def table(self, index_levels: Mapping[str, float]) -> FundTable:
+        inav = self.inav()
+        levels = np.array([index_levels.get(t, math.nan) for t in self.tracks])
+        return FundTable(
+            funds=self.ids,
+            inav=inav,
+            premium_bps=self.premium_bps(inav, self.listing_price()),
+            td_bps=self.intraday_td_bps(inav, levels),
+            figures=self.figures,
+        )
+
     # ------------------------------------------------------------------ the trading day
 
     def establish(self, index_levels: Mapping[str, float]) -> None:
@@ -416,7 +442,7 @@ class FundBook:
         self, f: int, session: str, close_ns: int, basket_nav: float, nav: float
     ) -> NavRecord:
         history = self.state.history[f]
-        figures = daily_figures(history)
+        figures = self.figures[f] = daily_figures(history)
         return NavRecord(
             fund=self.ids[f],
             session=session,
@@ -440,6 +466,23 @@ class FundBook:
         self.state.fee_factor[f] = 1.0
         self.build()
         return True
+
+    def credit(self, symbol: str, per_share: float) -> None:
+        """Cash per share of ``symbol`` (its currency) into every fund holding it: a dividend
+        (net of withholding) or special dividend on its ex-date, the value of spun-off shares,
+        or (negative) a rights subscription.  So the fund's value follows its total return,
+        as its tracked NTR series does."""
+        sid = self.universe.book.ids[symbol]
+        if sid < 0 or sid >= self._n_rows:
+            return
+        rows = self.holdings.row_of(sid)
+        for f, value in zip(
+            self.holdings.index[rows].tolist(), self.holdings.qfx0[rows].tolist(), strict=True
+        ):
+            self.cash[f] += per_share * value
+            basket = self.state.baskets[f]
+            self.state.baskets[f] = msgspec.structs.replace(basket, cash=float(self.cash[f]))
+            self.changed.add(f)
 
     def scale_holding(self, symbol: str, factor: float) -> None:
         """A split or rights issue: every fund holding ``symbol`` holds ``factor`` times the

@@ -6,11 +6,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
+
+from streamer.engine.funds import NavRecord
 
 # Outcomes and reasons of streamer_ticks_total{outcome,reason}.
 ACCEPTED = "accepted"
@@ -111,7 +113,7 @@ class BatchResult(msgspec.Struct, gc=False):
     rejected_references: Sequence[tuple[str, str]] = ()  # (series, why)
     newest_ts: int = 0  # ts of the newest tick accepted in the batch (0: none)
     funds_changed: list[str] = msgspec.field(default_factory=list)  # fund ids, fund order
-    navs: Sequence[Any] = ()  # official NAVs taken (engine.funds.NavRecord)
+    navs: Sequence[NavRecord] = ()  # official NAVs taken
 
     def add_audit(self, records: Iterable[AuditRecord]) -> None:
         self.audit = _grown(self.audit, records)
@@ -125,7 +127,7 @@ class BatchResult(msgspec.Struct, gc=False):
     def add_closes(self, records: Iterable[CloseRecord]) -> None:
         self.closes = _grown(self.closes, records)
 
-    def add_navs(self, records: Iterable[Any]) -> None:
+    def add_navs(self, records: Iterable[NavRecord]) -> None:
         self.navs = _grown(self.navs, records)
 
     def add_seq_resets(self, symbols: Iterable[str]) -> None:
