@@ -5,8 +5,9 @@ when each fund's iNAV is disseminated.
   series ids, the config refuses it): :data:`FUND_FIELDS`.
 - The same live channels as the indices: ``P:levels:<id>`` (one JSON object) and, batched
   with the index levels of the cycle, ``P:levels`` (a JSON array).  A fund's object carries
-  ``"kind": "fund"`` and ``"fund": "<id>"`` (index objects have no ``kind``; their ``index``
-  field is what a fund object lacks), so one subscriber sees both and tells them apart.
+  ``"kind": "fund"`` and ``"fund": "<id>"`` and no ``index`` field (the tracked series is
+  ``tracks``), so one subscriber sees both and tells them apart: index readers
+  (``outputs.parse_levels_message``) skip funds, :func:`parse_fund_messages` takes them.
 - Stream ``P:navs:<id>``: one entry per official NAV (:data:`NAV_FIELDS`; ``session`` and
   ``nav`` are what ``streamer tracking --fund`` reads), written once per close time.
 - Directory ``P:series``: one entry per fund with ``kind: "fund"``.
@@ -34,8 +35,8 @@ FUND_FIELDS = (
     "premium_bps",  # (listing - inav) / inav, bps
     "td_bps",  # intraday tracking difference, bps
     "nav_prev",  # the official NAV the intraday return runs from
-    "index",  # the tracked series
-    "index_level",
+    "tracks",  # the tracked series (not "index": channel readers take that for a level)
+    "tracks_level",
     "stale",
     "coverage",
     "holdings",
@@ -52,7 +53,7 @@ NAV_FIELDS = (
     "nav",
     "basket_nav",
     "fee_factor",
-    "index",
+    "tracks",
     "index_close",
     "td_day_bps",
     "td_mtd_bps",
@@ -87,8 +88,8 @@ def fund_fields(level: FundLevel, seq: int, publish_ns: int) -> dict[str, Any]:
         "premium_bps": _number(level.premium_bps),
         "td_bps": _number(level.td_bps),
         "nav_prev": _number(level.nav_prev),
-        "index": level.index,
-        "index_level": _number(level.index_level),
+        "tracks": level.index,
+        "tracks_level": _number(level.index_level),
         "stale": level.stale,
         "coverage": level.coverage,
         "holdings": level.holdings,
@@ -120,7 +121,7 @@ def nav_fields(record: NavRecord) -> dict[str, Any]:
         "nav": record.nav,
         "basket_nav": record.basket_nav,
         "fee_factor": record.fee_factor,
-        "index": record.index,
+        "tracks": record.index,
         "index_close": record.index_close,
         "td_day_bps": record.td_day_bps,
         "td_mtd_bps": record.td_mtd_bps,
@@ -137,6 +138,16 @@ def nav_row(record: NavRecord) -> list[bytes]:
     for name, value in nav_fields(record).items():
         row += (name.encode(), _text(value))
     return row
+
+
+def parse_fund_messages(payload: bytes | str) -> list[dict[str, Any]]:
+    """The fund objects in one channel message ([] for anything else)."""
+    try:
+        decoded = msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        return []
+    items = decoded if isinstance(decoded, list) else [decoded]
+    return [i for i in items if isinstance(i, dict) and i.get("kind") == FUND_KIND and "fund" in i]
 
 
 class FundEntry(msgspec.Struct, frozen=True):

@@ -35,7 +35,8 @@ ActionId = Annotated[
 Pair = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
 
 
-class Tick(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=False):
+# omit_defaults: a tick without a quote (bid, ask) or seq encodes without their nulls.
+class Tick(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=False, omit_defaults=True):
     symbol: TickSymbol
     price: float
     ts: Nanos | None = None  # producer's UTC time, integer ns; None: time of receipt
