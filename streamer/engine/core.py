@@ -806,7 +806,7 @@ class Engine:
             self._fire_due(now, screen)
         if self._maybe_unestablished:
             self._establish_ready()
-        if self.funds is not None and self.funds.changed:
+        if self.funds is not None and self.funds.has_changes:
             self._funds_changed(result)
         if screen.resets:
             names = self.universe.book.names

@@ -153,10 +153,16 @@ class FundBook:
         self.valued: F64 = np.zeros(0)  # per sid: the price the sums were last moved to
         self.listing_sid: I64 = np.zeros(n, dtype=np.int64)
         self.listing_of: dict[int, list[int]] = {}
+        self._is_listing = np.zeros(0, dtype=np.bool_)  # per sid
         self.bid: F64 = np.full(n, np.nan)
         self.ask: F64 = np.full(n, np.nan)
         self.quote_ts = np.zeros(n, dtype=np.int64)
+        # Funds whose figures changed since they were last taken: a set for the per-tick
+        # path (a few funds), a mask for the vector path (up to all of them, no Python loop).
         self.changed: set[int] = set()
+        self._changed_mask = np.zeros(n, dtype=np.bool_)
+        self._any_masked = False
+        self._id_array = np.array(self.ids, dtype=object)
         self._rows: dict[int, list[tuple[int, float]]] = {}
         self._sum_cells = float_cells(self.sums)
         self._valued_cells = float_cells(self.valued)
@@ -210,6 +216,8 @@ class FundBook:
         self.listing_of = {}
         for f, sid in enumerate(self.listing_sid.tolist()):
             self.listing_of.setdefault(sid, []).append(f)
+        self._is_listing = np.zeros(self._n_rows, dtype=np.bool_)
+        self._is_listing[self.listing_sid] = True
         self.recompute()
 
     def recompute(self, report_all: bool = True) -> None:
@@ -237,9 +245,9 @@ class FundBook:
         sids = sids[sids < self._n_rows]
         if len(sids) == 0:
             return
-        if self.listing_of:
-            for sid in np.intersect1d(sids, self.listing_sid).tolist():
-                self.changed.update(self.listing_of[sid])
+        listed = sids[self._is_listing.take(sids)]
+        for sid in listed.tolist():
+            self.changed.update(self.listing_of[sid])
         price = self.universe.book.price
         new = price.take(sids)
         old = self.valued.take(sids)
@@ -250,7 +258,8 @@ class FundBook:
             delta = kernels.move_indices(
                 self.holdings, sids[moving], new[moving] - old[moving], self.sums
             )
-            self.changed.update(np.flatnonzero(delta != 0.0).tolist())
+            self._changed_mask |= delta != 0.0
+            self._any_masked = True
         if first.any():
             self._recompute_holding(sids[first])
 
@@ -304,7 +313,21 @@ class FundBook:
                 self.bid[f], self.ask[f], self.quote_ts[f] = bid, ask, ts
                 self.changed.add(f)
 
+    @property
+    def has_changes(self) -> bool:
+        return self._any_masked or bool(self.changed)
+
     def take_changed(self) -> list[str]:
+        """The ids of the funds that changed, in fund order (and forget them)."""
+        if self._any_masked:
+            mask = self._changed_mask
+            if self.changed:
+                mask[list(self.changed)] = True
+                self.changed.clear()
+            out: list[str] = self._id_array[mask].tolist()
+            mask[:] = False
+            self._any_masked = False
+            return out
         if not self.changed:
             return []
         ids = self.ids
