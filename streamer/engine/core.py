@@ -1099,7 +1099,7 @@ class Engine:
     def _funds_changed(self, result: BatchResult) -> None:
         funds = self.funds
         assert funds is not None
-        if np.isnan(funds.state.nav_base).any():
+        if funds.waiting:
             funds.establish(self._tracked_levels())
         result.funds_changed = funds.take_changed()
 

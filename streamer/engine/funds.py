@@ -80,6 +80,17 @@ class FundLevel(msgspec.Struct, frozen=True, gc=False):
     source_ts: int  # ts of the newest listing tick (0: none)
 
 
+class FundRow:
+    """One symbol's holdings as Python lists, for the per-tick path."""
+
+    __slots__ = ("entries", "funds", "ids")
+
+    def __init__(self, entries: list[tuple[int, float]], funds: list[int], ids: list[str]):
+        self.entries = entries  # (fund, shares * fx) of each fund holding the symbol
+        self.funds = funds
+        self.ids = ids  # their ids, in fund order (the batch's changes when it moved alone)
+
+
 @dataclass(frozen=True, slots=True)
 class FundTable:
     """Every fund at once, for metrics: live arrays and the latest NAV's daily figures."""
@@ -153,7 +164,7 @@ class FundBook:
         self.valued: F64 = np.zeros(0)  # per sid: the price the sums were last moved to
         self.listing_sid: I64 = np.zeros(n, dtype=np.int64)
         self.listing_of: dict[int, list[int]] = {}
-        self._is_listing = np.zeros(0, dtype=np.bool_)  # per sid
+        self._listing_fund = np.zeros(0, dtype=np.int64)  # per sid: its fund, -1 if none
         self.bid: F64 = np.full(n, np.nan)
         self.ask: F64 = np.full(n, np.nan)
         self.quote_ts = np.zeros(n, dtype=np.int64)
@@ -163,7 +174,9 @@ class FundBook:
         self._changed_mask = np.zeros(n, dtype=np.bool_)
         self._any_masked = False
         self._id_array = np.array(self.ids, dtype=object)
-        self._rows: dict[int, list[tuple[int, float]]] = {}
+        self._rows: dict[int, FundRow] = {}
+        self._moved: FundRow | None = None  # the only row the per-tick path moved, if one
+        self._waiting = True  # see ``waiting``
         self._sum_cells = float_cells(self.sums)
         self._valued_cells = float_cells(self.valued)
         self._n_rows = 0
@@ -216,8 +229,9 @@ class FundBook:
         self.listing_of = {}
         for f, sid in enumerate(self.listing_sid.tolist()):
             self.listing_of.setdefault(sid, []).append(f)
-        self._is_listing = np.zeros(self._n_rows, dtype=np.bool_)
-        self._is_listing[self.listing_sid] = True
+        # A listing belongs to one fund (the config refuses a shared one).
+        self._listing_fund = np.full(self._n_rows, -1, dtype=np.int64)
+        self._listing_fund[self.listing_sid] = np.arange(self.n_funds)
         self.recompute()
 
     def recompute(self, report_all: bool = True) -> None:
@@ -245,9 +259,11 @@ class FundBook:
         sids = sids[sids < self._n_rows]
         if len(sids) == 0:
             return
-        listed = sids[self._is_listing.take(sids)]
-        for sid in listed.tolist():
-            self.changed.update(self.listing_of[sid])
+        listed = self._listing_fund.take(sids)
+        listed = listed[listed >= 0]
+        if len(listed):
+            self._changed_mask[listed] = True
+            self._any_masked = True
         price = self.universe.book.price
         new = price.take(sids)
         old = self.valued.take(sids)
@@ -284,14 +300,22 @@ class FundBook:
             row = self._row(sid)
         change = new - old
         sums = self._sum_cells
-        for f, weight in row:
+        for f, weight in row.entries:
             sums[f] += change * weight
-            self.changed.add(f)
+        if not self.changed and not self._moved:
+            self._moved = row  # alone so far: its ids are the batch's changes
+        else:
+            self.changed.update(row.funds)
 
-    def _row(self, sid: int) -> list[tuple[int, float]]:
+    def _row(self, sid: int) -> FundRow:
         m = self.holdings
         start, stop = int(m.row_ptr[sid]), int(m.row_ptr[sid + 1])
-        row = list(zip(m.index[start:stop].tolist(), m.qfx0[start:stop].tolist(), strict=True))
+        funds = m.index[start:stop].tolist()
+        row = FundRow(
+            list(zip(funds, m.qfx0[start:stop].tolist(), strict=True)),
+            funds,
+            [self.ids[f] for f in sorted(set(funds))],
+        )
         self._rows[sid] = row
         return row
 
@@ -315,10 +339,15 @@ class FundBook:
 
     @property
     def has_changes(self) -> bool:
-        return self._any_masked or bool(self.changed)
+        return self._any_masked or bool(self.changed) or self._moved is not None
 
     def take_changed(self) -> list[str]:
         """The ids of the funds that changed, in fund order (and forget them)."""
+        moved, self._moved = self._moved, None
+        if moved is not None:
+            if not self.changed and not self._any_masked:
+                return list(moved.ids)  # one symbol moved alone (every single-tick batch)
+            self.changed.update(moved.funds)
         if self._any_masked:
             mask = self._changed_mask
             if self.changed:
@@ -416,6 +445,14 @@ class FundBook:
         )
 
     # ------------------------------------------------------------------ the trading day
+
+    @property
+    def waiting(self) -> bool:
+        """Some fund has no base for its intraday TD yet (checked once per batch: a flag
+        until every fund has one)."""
+        if self._waiting:
+            self._waiting = bool(np.isnan(self.state.nav_base).any())
+        return self._waiting
 
     def establish(self, index_levels: Mapping[str, float]) -> None:
         """Funds without a base take the first one they can: the iNAV and the tracked
