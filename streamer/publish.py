@@ -434,13 +434,16 @@ class RedisPublisher:
         except (PipeError, TimeoutError) as exc:
             raise PublishError(str(exc) or "no reply to PING") from exc
 
-    async def load_sequences(self, series: Sequence[str]) -> None:
-        """Continue each series' ``seq`` from what a previous run left in Redis."""
+    async def load_sequences(self, series: Sequence[str], funds: Sequence[str] = ()) -> None:
+        """Continue each series' (and fund's) ``seq`` from what a previous run left in Redis."""
         if not self._pipe.is_open:
             await self._open()
         transaction = _Transaction()
         for s in series:
             transaction.add(b"HGET", self._names.of(s)[0], b"seq")
+        for f in funds:
+            transaction.add(b"HGET", self._names.of_fund(f)[0], b"seq")
+        series = [*series, *funds]
         request, replies = transaction.packed()
         try:
             reply = await asyncio.wait_for(self._pipe.call(request, replies), 10.0)
@@ -1133,7 +1136,7 @@ class PublishLoop:
             try:
                 await self.publisher.ping()
                 if self.role == "leader" and not self.publisher.sequences_loaded:
-                    await self.publisher.load_sequences(self._all_series())
+                    await self.publisher.load_sequences(self._all_series(), self._all_funds())
                 if (
                     self.role == "leader"
                     and self._directory is not None
@@ -1240,7 +1243,7 @@ class PublishLoop:
 
     async def _load_sequences(self) -> None:
         try:
-            await self.publisher.load_sequences(self._all_series())
+            await self.publisher.load_sequences(self._all_series(), self._all_funds())
         except PublishError as exc:
             self._failed([], [], [], exc)
 
@@ -1252,6 +1255,9 @@ class PublishLoop:
         value = lease.value
         self._lost_lease("released at shutdown", refused=False)
         await self.publisher.release_lease(value)
+
+    def _all_funds(self) -> list[str]:
+        return [] if self._fund_levels is None else [f.fund for f in self._fund_levels(None)]
 
     def _all_series(self) -> list[str]:
         return [level.series for level in self._levels(None)]

@@ -156,9 +156,12 @@ def test_the_official_nav_is_published_and_survives_kill_9(config: ServiceConfig
         # Then the market moves: AAA 108 -> iNAV (216 + 100 + 10) / 2 = 163 against the NAV.
         feed.tick("AAA", 108.0)
         wait_for(lambda: fund_hash(store, config).get("inav") == "163.0", what="the move")
+        seq_before = int(fund_hash(store, config)["seq"])
         service.kill()  # SIGKILL: no drain, no final checkpoint
+        store.client.hdel(f"{config.prefix}:fund:FND", "nav_prev")
         service = start(config)
         fields = wait_for(fund_hash_with(store, config, "nav_prev"), what="a republish")
+        assert int(fields["seq"]) > seq_before  # seq continues across the restart
         # The base is the stored NAV (a fresh start would take today's iNAV, 163, instead).
         assert fields["nav_prev"] == "155.0"
         assert fields["inav"] == "163.0"
