@@ -474,8 +474,8 @@ class FundBook:
         accrued since the previous NAV; the pair (NAV, index close) becomes the base of the
         next session's intraday TD."""
         funds = [f for f, t in enumerate(self.tracks) if t in closes]
-        if not funds:
-            return []
+        if not funds or not _is_session_date(session):
+            return []  # an official NAV belongs to a session (none without a calendar)
         self.recompute()
         s = self.state
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -598,6 +598,14 @@ def daily_figures(history: FundHistory) -> dict[str, float]:
         three = tracking.window_tracking_error(aligned, tracking.THREE_YEARS).bps
         figures["te_3y_bps"] = nan if three is None else three
     return figures
+
+
+def _is_session_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return len(text) == 10
 
 
 def _days_between(earlier: str, later: str) -> int:

@@ -21,7 +21,7 @@ from streamer.engine.funds import NavRecord
 from streamer.engine.schedule import Session, SessionRules
 from streamer.errors import ConfigError
 from streamer.fund_config import Basket, FundDefinition, HoldingSpec
-from streamer.wire import BasketChange, Dividend, Split, Tick
+from streamer.wire import BasketChange, Close, Dividend, Split, Tick
 from tests.unit.builders import index, member
 from tests.unit.test_sessions import DAYS, HOUR, SECOND, close_of, five_days, open_of
 
@@ -384,3 +384,11 @@ def test_the_demo_sampled_fund_tracks_visibly_worse_than_the_full_replication() 
     assert sampled.te_1y_bps > 10 * full.te_1y_bps
     assert full.te_1y_bps < 20.0
     assert sampled.te_1y_bps > 100.0
+
+
+def test_without_sessions_a_close_strikes_no_nav_and_nothing_breaks() -> None:
+    ix = index("IX", "price", member("A", 100.0), member("B", 50.0), divisor=1.0)
+    e = Engine([ix], QualitySettings(), start_ns=open_of(0), funds=[fund("F", ("A", 1.0))])
+    result = e.apply(actions=[Close(id="c", effective=open_of(0) + 1)], now=open_of(0) + 1)
+    assert result.navs == ()
+    assert one(e)["inav"] == 100.0
