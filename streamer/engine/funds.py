@@ -255,29 +255,32 @@ class FundBook:
     # ------------------------------------------------------------------ market data
 
     def touch(self, sids: I64) -> None:
-        """Move the baskets holding ``sids`` (symbols with newly accepted ticks)."""
-        sids = sids[sids < self._n_rows]
+        """Move the baskets holding ``sids`` (symbols with newly accepted ticks, each once).
+
+        The steady case (every symbol valued before, no symbol newer than the holdings
+        matrix) is a handful of whole-array operations: a zero change scatters nothing."""
         if len(sids) == 0:
             return
+        if int(sids.max()) >= self._n_rows:  # symbols added after the matrix was built
+            sids = sids[sids < self._n_rows]
         listed = self._listing_fund.take(sids)
-        listed = listed[listed >= 0]
-        if len(listed):
-            self._changed_mask[listed] = True
+        if listed.max() >= 0:
+            self._changed_mask[listed[listed >= 0]] = True
             self._any_masked = True
-        price = self.universe.book.price
-        new = price.take(sids)
+        new = self.universe.book.price.take(sids)
         old = self.valued.take(sids)
         self.valued[sids] = new
-        first = np.isnan(old) & ~np.isnan(new)
-        moving = ~np.isnan(old) & (new != old)
-        if moving.any():
-            delta = kernels.move_indices(
-                self.holdings, sids[moving], new[moving] - old[moving], self.sums
-            )
-            self._changed_mask |= delta != 0.0
-            self._any_masked = True
-        if first.any():
-            self._recompute_holding(sids[first])
+        unvalued = np.isnan(old)
+        first = None
+        if unvalued.any():  # first prices: their funds are recomputed after the moves
+            first = sids[unvalued & ~np.isnan(new)]
+            keep = ~unvalued
+            sids, new, old = sids[keep], new[keep], old[keep]
+        delta = kernels.move_indices(self.holdings, sids, new - old, self.sums)
+        self._changed_mask |= delta != 0.0
+        self._any_masked = True
+        if first is not None and len(first):
+            self._recompute_holding(first)
 
     def touch_one(self, sid: int) -> None:
         """``touch`` for one symbol, on Python scalars (the single-tick path)."""
