@@ -72,6 +72,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streamer.config import Settings
 
 STATE_PARTS = ("structure", "market", "meta", "revision")
 
@@ -215,3 +219,10 @@ class KeyLayout:
             "channel": self.levels_channel(),
             "series_channel": self.series_channel(series),
         }
+
+
+def key_layout(settings: Settings) -> KeyLayout:
+    """The names of a config's keys: its prefix, its shard, single instance or cluster."""
+    return KeyLayout(
+        settings.redis.prefix, settings.shard.name or None, cluster=settings.redis.cluster
+    )

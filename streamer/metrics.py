@@ -76,7 +76,8 @@ class Metrics:
         )
         self.actions = Counter(
             "streamer_actions",
-            "Control actions by outcome (accepted, applied, rejected) and reason.",
+            "Control actions by outcome (accepted, applied, rejected; ignored: not_in_shard, "
+            "for another shard's index or symbol) and reason.",
             ["outcome", "reason"],
             registry=r,
         )
@@ -127,6 +128,12 @@ class Metrics:
         self.checkpoint_errors = Counter(
             "streamer_checkpoint_errors",
             "Checkpoints that could not be written.",
+            registry=r,
+        )
+        self.tick_wildcard = Gauge(
+            "streamer_tick_wildcard_subscribed",
+            "1 when a tick topic filter is a wildcard (ticks of symbols no index holds arrive "
+            "and count as rejected/unknown_symbol), 0 when only constituents' topics are.",
             registry=r,
         )
         self.role = Gauge(

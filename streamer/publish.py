@@ -37,6 +37,7 @@ from typing import Any, Literal
 import hiredis
 import msgspec
 import numpy as np
+from redis.exceptions import RedisError
 
 from streamer.backoff import Backoff, reraise_if_cancelled
 from streamer.config import PublishSettings
@@ -60,6 +61,7 @@ from streamer.outputs import (
     level_record,
 )
 from streamer.persistence.checkpoint import Blobs, Checkpoints
+from streamer.redis_clients import SlotRouter
 from streamer.redis_pipe import CommandPipe, PipeError, Reply, ReplyError, pack
 
 log = logging.getLogger("streamer.publish")
@@ -390,9 +392,13 @@ class RedisPublisher:
         actions_maxlen: int,
         clock: Callable[[], int] = time.time_ns,
         history: HistoryPolicy | None = None,
+        router: SlotRouter | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.keys = keys
+        # On a Redis Cluster: finds the node serving the shard's slot (and the directory's)
+        # for every new connection.
+        self._router = router
         self._names = _Names(keys)
         self.actions_maxlen = actions_maxlen
         self.history = history or HistoryPolicy()
@@ -400,6 +406,9 @@ class RedisPublisher:
         self._seq: dict[str, int] = {}
         self.sequences_loaded = False
         self._pipe = CommandPipe(endpoint, clock)
+        # The directory is one key for every shard: on a cluster it is in another slot, maybe
+        # on another node, so it gets a connection of its own there.
+        self._directory_pipe = self._pipe if router is None else CommandPipe(endpoint, clock)
         self._actions_sha = b""
         self._state_sha = b""
         self._close_sha = b""
@@ -422,13 +431,13 @@ class RedisPublisher:
 
     @property
     def is_open(self) -> bool:
-        """False once the connection was lost: Redis may have restarted meanwhile."""
-        return self._pipe.is_open
+        """False once a connection was lost: Redis may have restarted meanwhile."""
+        return self._pipe.is_open and self._directory_pipe.is_open
 
     async def ping(self) -> None:
         """Round trip to Redis on the pipe (connecting first if needed)."""
         try:
-            if not self._pipe.is_open:
+            if not self.is_open:
                 await self._open()
             await asyncio.wait_for(self._pipe.call(pack(b"PING")), ACK_TIMEOUT_S)
         except (PipeError, TimeoutError) as exc:
@@ -436,7 +445,7 @@ class RedisPublisher:
 
     async def load_sequences(self, series: Sequence[str], funds: Sequence[str] = ()) -> None:
         """Continue each series' (and fund's) ``seq`` from what a previous run left in Redis."""
-        if not self._pipe.is_open:
+        if not self.is_open:
             await self._open()
         transaction = _Transaction()
         for s in series:
@@ -480,7 +489,7 @@ class RedisPublisher:
         funds: Sequence[FundLevel] = (),
     ) -> Sent:
         try:
-            if not self._pipe.is_open:
+            if not self.is_open:
                 await self._open()
             publish_ns = self._clock()
             transactions = self._build(levels, audit, closes, checkpoint, publish_ns, funds)
@@ -492,7 +501,8 @@ class RedisPublisher:
                     fields = [
                         x for s, e in entries[lo : lo + DIRECTORY_CHUNK] for x in (s.encode(), e)
                     ]
-                    acks.append(await self._pipe.send(pack(b"HSET", names.directory, *fields)))
+                    command = pack(b"HSET", names.directory, *fields)
+                    acks.append(await self._directory_pipe.send(command))
             first = len(acks)
             for transaction in transactions:
                 request, replies = transaction.packed()
@@ -538,7 +548,7 @@ class RedisPublisher:
 
     async def _lease_request(self, script: bytes, *args: bytes) -> Any:
         try:
-            if not self._pipe.is_open:
+            if not self.is_open:
                 await self._open()
             keys = self._lease_keys if script == b"acquire" else self._lease_keys[:1]
             command = pack(b"EVALSHA", self._lease_sha[script], b"%d" % len(keys), *keys, *args)
@@ -553,7 +563,11 @@ class RedisPublisher:
         shard = self.keys.shard or ""
         keep = set(series)
         try:
-            reply = await asyncio.wait_for(self._pipe.call(pack(b"HGETALL", names.directory)), 10.0)
+            if not self.is_open:
+                await self._open()
+            reply = await asyncio.wait_for(
+                self._directory_pipe.call(pack(b"HGETALL", names.directory)), 10.0
+            )
         except (PipeError, TimeoutError) as exc:
             raise PublishError(f"reading the directory: {exc}") from exc
         values = reply.value if isinstance(reply.value, list) else []
@@ -570,7 +584,7 @@ class RedisPublisher:
         if stale:
             try:
                 await asyncio.wait_for(
-                    self._pipe.call(pack(b"HDEL", names.directory, *stale)), 10.0
+                    self._directory_pipe.call(pack(b"HDEL", names.directory, *stale)), 10.0
                 )
             except (PipeError, TimeoutError) as exc:
                 raise PublishError(f"pruning the directory: {exc}") from exc
@@ -710,10 +724,24 @@ class RedisPublisher:
         async with self._opening:
             if not self._pipe.is_open:
                 await self._connect()
+            if not self._directory_pipe.is_open:
+                if self._router is not None:
+                    where = await self._route(self._names.directory.decode())
+                    self._directory_pipe.retarget(where)
+                await self._directory_pipe.open()
+
+    async def _route(self, key: str) -> RedisEndpoint:
+        assert self._router is not None
+        try:
+            return await self._router.endpoint_for(key)
+        except (RedisError, OSError) as exc:
+            raise PipeError(f"redis cluster: no node found for {key}: {exc}") from exc
 
     async def _connect(self) -> None:
         # The scripts are loaded on every new connection: a restarted Redis has forgotten them.
         # Its history may be gone too: every series' next publish writes a raw entry.
+        if self._router is not None:
+            self._pipe.retarget(await self._route(self.keys.lease()))
         await self._pipe.open()
         self._history_due.clear()
         try:
@@ -733,9 +761,14 @@ class RedisPublisher:
     def abort(self, reason: str) -> None:
         """Fail the cycles in flight (Redis stopped answering); the next send reconnects."""
         self._pipe.abort(reason)
+        self._directory_pipe.abort(reason)
 
     async def close(self) -> None:
         await self._pipe.close()
+        if self._directory_pipe is not self._pipe:
+            await self._directory_pipe.close()
+        if self._router is not None:
+            await self._router.aclose()
 
 
 def _bytes(value: Any) -> bytes:

@@ -44,6 +44,12 @@ class ReplyError(PipeError):
     out of memory, READONLY when it was restarted as a replica."""
 
 
+# Error replies saying that this connection goes to the wrong node of a Redis Cluster (a
+# failover or resharding moved the slot) or that the cluster cannot serve it now: the
+# connection is dropped, so the next one is opened to the node serving the slot.
+_MISROUTED = ("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN")
+
+
 class Reply(NamedTuple):
     value: Any  # the last reply of the request
     received_ns: int  # clock at its arrival: the request's acknowledgement
@@ -80,6 +86,16 @@ class CommandPipe:
     @property
     def is_open(self) -> bool:
         return self._writer is not None
+
+    @property
+    def endpoint(self) -> RedisEndpoint:
+        return self._endpoint
+
+    def retarget(self, endpoint: RedisEndpoint) -> None:
+        """Connect to ``endpoint`` from the next :meth:`open` on (e.g. another cluster node)."""
+        if self._writer is not None:
+            raise PipeError("retarget a pipe only while it is closed")
+        self._endpoint = endpoint
 
     async def open(self) -> None:
         """Connect (a no-op while a connection is open)."""
@@ -163,12 +179,13 @@ class CommandPipe:
                     if pending.remaining:
                         continue
                     waiting.popleft()
-                    if pending.future.done():
-                        continue
-                    if pending.error is not None:
-                        pending.future.set_exception(ReplyError(pending.error))
-                    else:
-                        pending.future.set_result(Reply(value, self._clock()))
+                    if not pending.future.done():
+                        if pending.error is not None:
+                            pending.future.set_exception(ReplyError(pending.error))
+                        else:
+                            pending.future.set_result(Reply(value, self._clock()))
+                    if pending.error is not None and pending.error.startswith(_MISROUTED):
+                        raise PipeError(f"redis cluster: {pending.error}")
         except asyncio.CancelledError:
             raise
         except (OSError, PipeError, hiredis.ProtocolError) as exc:

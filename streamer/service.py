@@ -28,14 +28,11 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-import redis.asyncio as aioredis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from streamer.backoff import Backoff, reraise_if_cancelled
-from streamer.config import RedisSettings, Settings, redact_url
+from streamer.config import Settings, redact_url
 from streamer.endpoints import parse_listen_address, parse_redis_url
 from streamer.engine import BatchResult, Engine, SeriesLevel
 from streamer.engine.funds import FundLevel
@@ -45,7 +42,7 @@ from streamer.fund_metrics import render as render_fund_metrics
 from streamer.fund_outputs import fund_directory
 from streamer.ingest import CONFLATED, INBOX_FULL, RawInbox
 from streamer.ingest.transport import MqttIngest
-from streamer.keys import KeyLayout
+from streamer.keys import key_layout
 from streamer.lease import LeaseState
 from streamer.logs import ThrottledLog
 from streamer.metrics import Metrics
@@ -59,9 +56,10 @@ from streamer.persistence.checkpoint import (
 from streamer.persistence.stores import DirectoryStore, Stored, parse_stored
 from streamer.pipeline import Pipeline, Step
 from streamer.publish import Outbox, PublishLoop, RedisPublisher, history_policy
+from streamer.redis_clients import SlotRouter, async_client
 from streamer.series_metrics import SeriesMetrics
 from streamer.sessions import session_rules
-from streamer.topics import TICK_WILDCARDS, subscriptions, tick_topic
+from streamer.topics import TICK_WILDCARDS, receives_any_symbol, subscriptions, tick_topic
 
 log = logging.getLogger("streamer.service")
 input_log = logging.getLogger("streamer.input")
@@ -80,24 +78,16 @@ MAX_RESET_LINES = 20
 EXIT_FAILED = 1
 # Actions that change which symbols an index holds (the directory, the subscriptions).
 MEMBERSHIP_ACTIONS = frozenset({"add", "delete", "rebalance"})
-
-
-def redis_client(settings: RedisSettings) -> aioredis.Redis:
-    """A client that fails fast (the publish loop owns retries) and takes the password from
-    the environment when one is set there."""
-    client = aioredis.Redis.from_url(
-        settings.url,
-        socket_timeout=2.0,
-        socket_connect_timeout=1.0,
-        retry=Retry(NoBackoff(), 0),
-    )
-    if settings.password:
-        client.connection_pool.connection_kwargs["password"] = settings.password
-    return client
+# Why an action a shard cannot apply is for another shard (all shards receive every action).
+NOT_IN_SHARD = frozenset({"unknown_index", "unknown_symbol"})
 
 
 class ServiceFailedError(StreamerError):
     """A task of the service failed; the message names it."""
+
+
+class StandbyDivergedError(ServiceFailedError):
+    """A standby missed messages the leader applied (its broker session was lost)."""
 
 
 class Service:
@@ -123,21 +113,22 @@ class Service:
         self.inbox = RawInbox(settings.mqtt.max_payload_bytes, clock)
         self._bad_input = ThrottledLog(input_log)
         self.outbox = Outbox()
-        self.redis = redis_client(settings.redis)
+        self.redis = async_client(settings.redis)
+        endpoint = parse_redis_url(settings.redis.url, settings.redis.password)
         self.publisher = RedisPublisher(
-            parse_redis_url(settings.redis.url, settings.redis.password),
-            KeyLayout(
-                settings.redis.prefix, settings.shard.name or None, cluster=settings.redis.cluster
-            ),
+            endpoint,
+            key_layout(settings),
             settings.redis.actions_maxlen,
             clock,
             history_policy(settings.publish).for_series(
                 sum(len(d.variants) for d in settings.indices) + len(settings.funds)
             ),
+            router=SlotRouter(endpoint) if settings.redis.cluster else None,
         )
         state = settings.state
         self.directory = DirectoryStore(state.directory) if state.store == "directory" else None
         self.restored = False
+        self._own_checkpoint = True
         self.restoring = True
         self.pipeline = self._pipeline(0)
         self.checkpoints: Checkpoints = Checkpoints()
@@ -274,6 +265,9 @@ class Service:
         self.pipeline = self._pipeline(start if not wall else 0)
         self.restored = True
         meta = stored.meta
+        # Our broker session is expected back only if we wrote what we restored (or an older
+        # checkpoint does not say who did).
+        self._own_checkpoint = meta is None or meta.writer in ("", s.mqtt.client_id)
         log.info(
             "state restored",
             extra={
@@ -325,7 +319,10 @@ class Service:
         s = self.settings
         if s.state.store != "none":
             self.checkpointer = Checkpointer(
-                self.engine.state, s.indices, int(s.state.checkpoint_interval_s * 1e9)
+                self.engine.state,
+                s.indices,
+                int(s.state.checkpoint_interval_s * 1e9),
+                writer=s.mqtt.client_id,
             )
             if self.directory is not None:
                 self.checkpoints = WrittenCheckpoints(
@@ -339,7 +336,8 @@ class Service:
                     self.checkpointer, lambda: self.pipeline.market_now, self.clock
                 )
         self.publish_loop = self._publish_loop()
-        self.mqtt.expect_session = self.restored
+        self.mqtt.expect_session = self.restored and self._own_checkpoint
+        self.mqtt.on_session_lost = self._session_lost
         self._subscribe_constituents()
 
     def _subscribe_constituents(self) -> None:
@@ -349,6 +347,7 @@ class Service:
         across runs)."""
         m = self.settings.mqtt
         if m.tick_topics != "constituents":
+            self.metrics.tick_wildcard.set(receives_any_symbol(m.topics))
             return
         members = self.engine.member_symbols()
         topics, unusable = subscriptions(m.topics, m.tick_topics, members)
@@ -360,6 +359,20 @@ class Service:
                 symbol=symbol,
             )  # fmt: skip
         self.mqtt.set_topics(topics, retired)
+        self.metrics.tick_wildcard.set(receives_any_symbol(topics))
+
+    def _session_lost(self) -> None:
+        """The broker lost our session: messages of the gap may be missing.  A leader goes on
+        (what it publishes is the reference; the alert tells operators to check the actions),
+        but a standby would lead later from a state the leader's is not: it exits, and its
+        restart restores the leader's checkpoint."""
+        if self.publish_loop.role != "standby":
+            return
+        log.error("standby lost its broker session: exiting to restore the leader's state")
+        self._failure = self._failure or StandbyDivergedError(
+            "standby lost its broker session; a restart restores the leader's checkpoint"
+        )
+        self.stop()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -599,7 +612,14 @@ class Service:
                 f"reference:{reason}", "reference level dropped", series=series, reason=reason
             )
         self._count(metrics.actions, "accepted", "ok", len(result.accepted_actions))
+        sharded = bool(self.settings.shard.name)
         for action_id, reason in result.rejected_actions:
+            if sharded and reason in NOT_IN_SHARD:
+                # Every shard receives every action: one for another shard's index or symbol
+                # is not an error here (its own shard applies it).
+                self._count(metrics.actions, "ignored", "not_in_shard")
+                log.debug("action for another shard", extra={"fields": {"id": action_id}})
+                continue
             self._count(metrics.actions, "rejected", reason)
             self._bad_input.warning(
                 f"action:{reason}", "action not applied", id=action_id, reason=reason

@@ -41,3 +41,9 @@ def subscriptions(
         elif topic not in topics:
             topics.append(topic)
     return topics, unusable
+
+
+def receives_any_symbol(topics: Iterable[str]) -> bool:
+    """Whether these filters take ticks of symbols the service may not hold (a wildcard in a
+    ``ticks/`` filter): its ``unknown_symbol`` rejections are then expected, not a fault."""
+    return any(t.startswith("ticks/") and ("+" in t or "#" in t) for t in topics)

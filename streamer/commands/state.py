@@ -27,7 +27,7 @@ from streamer.engine.arrays import column
 from streamer.engine.snapshot import Snapshot, encode_part
 from streamer.engine.universe import MARKET_COLUMNS
 from streamer.errors import StateError
-from streamer.keys import KeyLayout
+from streamer.keys import key_layout
 from streamer.persistence.checkpoint import Blobs, Meta
 from streamer.persistence.stores import DirectoryStore, Stored, parse_stored
 
@@ -74,26 +74,24 @@ class _Store:
         if state.store == "none":
             raise StateError("[state] store = none: nothing is stored")
         self.directory = DirectoryStore(state.directory) if state.store == "directory" else None
-        self.prefix = settings.redis.prefix
-        self.where = state.directory if self.directory else f"redis {self.prefix}:state:*"
+        self.keys = key_layout(settings)
+        self.where = (
+            state.directory
+            if self.directory
+            else f"redis {self.keys.state('structure').removesuffix('structure')}*"
+        )
         self._settings = settings
 
     def _redis(self) -> Any:
-        import redis
+        from streamer.redis_clients import sync_client
 
-        from streamer.endpoints import parse_redis_url
-
-        endpoint = parse_redis_url(self._settings.redis.url, self._settings.redis.password)
-        client = redis.Redis.from_url(self._settings.redis.url, socket_timeout=10)
-        if endpoint.password:
-            client.connection_pool.connection_kwargs["password"] = endpoint.password
-        return client
+        return sync_client(self._settings.redis)
 
     def read(self) -> Stored | None:
         if self.directory is not None:
             return self.directory.read()
         try:
-            values = self._redis().mget(KeyLayout(self.prefix).state_keys())
+            values = self._redis().mget(self.keys.state_keys())
         except Exception as exc:
             raise StateError(f"cannot read the state from redis: {exc}") from None
         return parse_stored(values[0], values[1], values[2])
@@ -102,7 +100,7 @@ class _Store:
         if self.directory is not None:
             self.directory.write(blobs)
             return
-        keys = KeyLayout(self.prefix).state_keys()
+        keys = self.keys.state_keys()
         assert blobs.structure is not None
         values = [blobs.structure, blobs.market, blobs.meta, b"%d" % blobs.revision]
         self._redis().mset(dict(zip(keys, values, strict=True)))
@@ -111,7 +109,7 @@ class _Store:
         if self.directory is not None:
             self.directory.delete()
         else:
-            self._redis().delete(*KeyLayout(self.prefix).state_keys())
+            self._redis().delete(*self.keys.state_keys())
 
 
 def _summary(stored: Stored, only: list[str], where: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -11,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
@@ -93,6 +95,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print the current levels once and exit: 1 if Redis cannot be read, 2 if it holds "
         "nothing to show (no series under the prefix, an --index matching none)",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the Redis is a Redis Cluster (with --config: its [redis] cluster)",
+    )
     parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
 
 
@@ -105,6 +112,7 @@ class WatchTarget:
     prefix: str
     known: tuple[str, ...] = ()  # series in display order (from a config), if known
     wanted: tuple[str, ...] = ()  # --index filters
+    cluster: bool = False  # a Redis Cluster: key names from the directory, no transaction
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WatchTarget:
@@ -118,12 +126,14 @@ class WatchTarget:
                 prefix=args.prefix or settings.redis.prefix,
                 known=known,
                 wanted=wanted,
+                cluster=args.cluster or settings.redis.cluster,
             )
         return cls(
             url=args.redis_url or os.environ.get("STREAMER_REDIS_URL", "redis://127.0.0.1:6379/0"),
             password=os.environ.get("STREAMER_REDIS_PASSWORD"),
             prefix=args.prefix or os.environ.get("STREAMER_REDIS_PREFIX", "streamer"),
             wanted=wanted,
+            cluster=args.cluster,
         )
 
     @property
@@ -136,14 +146,16 @@ class WatchTarget:
         return redact_url(self.url)
 
     def connect(self) -> redis.Redis:
-        client: redis.Redis = redis.Redis.from_url(
-            self.url,
-            password=self.password,
-            decode_responses=True,
-            socket_connect_timeout=2.0,
-            socket_timeout=5.0,
-            health_check_interval=10,
-        )
+        options: dict[str, Any] = {
+            "password": self.password,
+            "decode_responses": True,
+            "socket_connect_timeout": 2.0,
+            "socket_timeout": 5.0,
+        }
+        if self.cluster:
+            # The same reading methods; each key goes to the node serving it.
+            return cast("redis.Redis", redis.RedisCluster.from_url(self.url, **options))
+        client: redis.Redis = redis.Redis.from_url(self.url, health_check_interval=10, **options)
         return client
 
 
@@ -209,10 +221,14 @@ def _seed(client: redis.Redis, target: WatchTarget, board: LevelsBoard, shown: l
     """Seed the rows of ``shown`` in one transaction; whether any of them has a hash."""
     if not shown:
         return False
-    pipe = client.pipeline(transaction=True)  # one consistent view across hash and stream
+    # One consistent view across hash and stream; on a cluster the keys of several shards
+    # are on several nodes, where no transaction spans them.
+    pipe = client.pipeline(transaction=not target.cluster)
+    keys = _directory_keys(client, target.prefix)
     for s in shown:
-        pipe.hgetall(f"{target.prefix}:index:{s}")
-        pipe.xrevrange(f"{target.prefix}:history:{s}", count=board.history)
+        entry = keys.get(s, {})
+        pipe.hgetall(entry.get("index", f"{target.prefix}:index:{s}"))
+        pipe.xrevrange(entry.get("history", f"{target.prefix}:history:{s}"), count=board.history)
     replies = pipe.execute()
     present = False
     for i, s in enumerate(shown):
@@ -233,7 +249,26 @@ def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
+def _directory_keys(client: redis.Redis, prefix: str) -> dict[str, dict[str, str]]:
+    """The directory ``P:series``: series -> the names of its keys (empty when absent)."""
+    entries: dict[str, dict[str, str]] = {}
+    for series, text in cast("dict[str, str]", client.hgetall(f"{prefix}:series")).items():
+        try:
+            entry = json.loads(text)
+        except ValueError:
+            continue
+        keys = entry.get("keys") if isinstance(entry, dict) else None
+        if isinstance(keys, dict):
+            entries[series] = {k: v for k, v in keys.items() if isinstance(v, str)}
+    return entries
+
+
 def _series_under(client: redis.Redis, prefix: str) -> list[str]:
+    # The directory names every published series, whatever the shards and the key layout;
+    # without one (an older writer) the hashes are found by their names.
+    listed = [s for s in _directory_keys(client, prefix) if INDEX_ID_PATTERN.fullmatch(s)]
+    if listed:
+        return sorted(listed, key=series_order)
     marker = f"{prefix}:index:"
     found = (key[len(marker) :] for key in client.scan_iter(match=_glob_escape(marker) + "*"))
     return sorted((s for s in found if INDEX_ID_PATTERN.fullmatch(s)), key=series_order)

@@ -197,6 +197,8 @@ class MqttIngest:
         self._retired: set[str] = set()  # subscribed by an earlier run's session, not wanted
         self._client_now: aiomqtt.Client | None = None
         self._updating: asyncio.Task[None] | None = None
+        # Called when the broker had lost the session we expected (messages may be missing).
+        self.on_session_lost: Callable[[], None] | None = None
 
     def _client(self) -> aiomqtt.Client:
         address = self._address
@@ -377,6 +379,8 @@ class MqttIngest:
                 "missing actions (ids make a resend safe)",
                 extra={"fields": {"client_id": self._settings.client_id}},
             )
+            if self.on_session_lost is not None:
+                self.on_session_lost()
         self.expect_session = True
 
     def _after_failure(

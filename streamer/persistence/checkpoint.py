@@ -24,6 +24,9 @@ class Meta(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     structure_bytes: int
     market_bytes: int
     final: bool = False  # the last checkpoint of a clean shutdown (nothing runs after it)
+    # The MQTT client id of the process that wrote it: a replica restoring another's
+    # checkpoint (a standby's first start) has no broker session of its own to expect.
+    writer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +61,10 @@ class Checkpointer:
         state: EngineState,
         definitions: Sequence[IndexDefinition],
         interval_ns: int,
+        writer: str = "",
     ) -> None:
         self._state = state
+        self._writer = writer
         self._identities = snapshot.identities(definitions)
         self.interval_ns = interval_ns
         self.durable_revision = -1  # revision of the last structure made durable
@@ -91,6 +96,7 @@ class Checkpointer:
             structure_bytes=len(structure) if structure is not None else -1,
             market_bytes=len(market),
             final=final,
+            writer=self._writer,
         )
         return Blobs(structure, market, _meta_encoder.encode(meta), state.revision)
 

@@ -47,15 +47,17 @@ class Stream:
     """The feed, and the log of every message it sent (what calc reads)."""
 
     def __init__(self, broker: LocalMosquitto, log_path: Path) -> None:
+        self.broker = broker
         self.feed = Feed(broker.port)
         self.log = log_path.open("w", encoding="utf-8")
         self.prices = dict(SYMBOLS)
         self.step = 0
+        self.last_ts = 0  # the newest batch's timestamp
 
     def batch(self) -> None:
         """Every symbol once, moved a little (never a big move: no hold)."""
         self.step += 1
-        ts = time.time_ns()
+        ts = self.last_ts = time.time_ns()
         ticks = []
         for k, symbol in enumerate(sorted(self.prices)):
             self.prices[symbol] = round(
@@ -78,6 +80,11 @@ class Stream:
         for item in payload if isinstance(payload, list) else [payload]:
             self.log.write(json.dumps(item) + "\n")
         self.log.flush()
+
+    def reconnect(self) -> None:
+        """A new connection (after a broker restart)."""
+        self.feed.close()
+        self.feed = Feed(self.broker.port)
 
     def close(self) -> None:
         self.feed.close()

@@ -51,6 +51,9 @@ def test_a_shard_receives_only_its_constituents_ticks(
         feed.tick("AAA", 102.0)  # after them on the same connection: they went first
         wait_for(lambda: level(store, config.prefix, "PX3") == pytest.approx(354.0), what="354")
         assert unknown_symbols(config) == 0
+        # So an unknown symbol here is a fault the alert may count.
+        samples = scrape(config.metrics_url)
+        assert samples[("streamer_tick_wildcard_subscribed", ())] == 0
         # Added to PX3: subscribed, its ticks move the index.
         feed.control({"action": "add", "id": "add-z", "index": "PX3", "symbol": "ZZZ",
                       "price": 20.0})  # fmt: skip

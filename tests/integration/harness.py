@@ -55,8 +55,12 @@ async def eventually(probe: Callable[[], object], within: float = 10.0) -> None:
 class Store:
     """A typed view of the sync Redis client with text responses, for assertions."""
 
-    def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url, decode_responses=True)
+    def __init__(self, url: str, cluster: bool = False) -> None:
+        self.client: redis.Redis = (
+            cast("redis.Redis", redis.RedisCluster.from_url(url, decode_responses=True))
+            if cluster
+            else redis.Redis.from_url(url, decode_responses=True)
+        )
 
     def hget(self, key: str, field: str) -> str | None:
         return cast("str | None", self.client.hget(key, field))

@@ -28,7 +28,7 @@ from streamer.localservices import LocalRedis
 from streamer.metrics import Metrics, observe_many
 from streamer.persistence.checkpoint import Blobs
 from streamer.publish import ACK_TIMEOUT_S, HistoryPolicy, Outbox, PublishLoop, RedisPublisher
-from streamer.service import redis_client
+from streamer.redis_clients import async_client
 from tests.integration.harness import Store, eventually
 
 LEVEL_FIELDS = set(outputs.LEVEL_FIELDS)
@@ -316,7 +316,7 @@ async def test_a_redis_that_stops_answering_fails_the_cycles_and_keeps_their_aud
 
 async def test_password_from_the_environment_setting() -> None:
     with LocalRedis(password="s3cret") as server:
-        client = redis_client(RedisSettings(url=server.url, password="s3cret"))
+        client = async_client(RedisSettings(url=server.url, password="s3cret"))
         assert await client.ping()
         await client.aclose()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamer.topics import subscriptions, tick_topic
+from streamer.topics import receives_any_symbol, subscriptions, tick_topic
 
 CONFIGURED = ("ticks/#", "fx/#", "control/#", "reference/#", "ticks/batch/us500")
 
@@ -30,3 +30,10 @@ def test_without_a_tick_wildcard_nothing_is_added() -> None:
 def test_a_symbol_is_a_topic_level_only_without_wildcards_or_nul() -> None:
     assert tick_topic("AAA") == "ticks/AAA"
     assert [tick_topic(s) for s in ("", "A#", "A+", "A\x00")] == [None, None, None, None]
+
+
+def test_only_a_tick_wildcard_receives_any_symbol() -> None:
+    assert receives_any_symbol(["ticks/#", "control/#"])
+    assert receives_any_symbol(["ticks/+/x"])
+    assert not receives_any_symbol(["ticks/AAA", "fx/#", "control/#", "reference/#"])
+    assert not receives_any_symbol([])
