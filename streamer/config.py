@@ -348,6 +348,14 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
                 )
             seen[series] = definition.source
     funds = _load_funds(parsed.funds, cfg_path, source, definitions)
+    if parsed.mqtt.tick_topics == "constituents":
+        for fund in funds:
+            for symbol in (fund.listing, *(h.symbol for h in fund.basket.holdings)):
+                if tick_topic(symbol) is None:
+                    raise ConfigError(
+                        f"{fund.source}: symbol {symbol!r}: with [mqtt] tick_topics = "
+                        '"constituents" a symbol is a topic level: no +, #'
+                    )
     return Settings(
         mqtt=parsed.mqtt,
         redis=parsed.redis,

@@ -76,10 +76,10 @@ FEED_DELAY_SAMPLE = 64
 # Seq resets are logged one line per symbol, up to this many per step.
 MAX_RESET_LINES = 20
 EXIT_FAILED = 1
-# Actions that change which symbols an index holds (the directory, the subscriptions).
-MEMBERSHIP_ACTIONS = frozenset({"add", "delete", "rebalance"})
+# Actions that change which symbols an index or fund holds (the directory, the subscriptions).
+MEMBERSHIP_ACTIONS = frozenset({"add", "delete", "rebalance", "basket"})
 # Why an action a shard cannot apply is for another shard (all shards receive every action).
-NOT_IN_SHARD = frozenset({"unknown_index", "unknown_symbol"})
+NOT_IN_SHARD = frozenset({"unknown_index", "unknown_symbol", "unknown_fund"})
 
 
 class ServiceFailedError(StreamerError):

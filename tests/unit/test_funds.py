@@ -21,6 +21,7 @@ from streamer.engine.funds import NavRecord
 from streamer.engine.schedule import Session, SessionRules
 from streamer.errors import ConfigError
 from streamer.fund_config import Basket, FundDefinition, HoldingSpec
+from streamer.fund_outputs import InavSchedule
 from streamer.wire import BasketChange, Close, Dividend, Split, Tick
 from tests.unit.builders import index, member
 from tests.unit.test_sessions import DAYS, HOUR, SECOND, close_of, five_days, open_of
@@ -392,3 +393,15 @@ def test_without_sessions_a_close_strikes_no_nav_and_nothing_breaks() -> None:
     result = e.apply(actions=[Close(id="c", effective=open_of(0) + 1)], now=open_of(0) + 1)
     assert result.navs == ()
     assert one(e)["inav"] == 100.0
+
+
+def test_the_inav_goes_out_on_each_funds_own_timer_or_on_every_change() -> None:
+    schedule = InavSchedule({"SLOW": 15_000, "FAST": 1_000, "LIVE": 0})
+    ms = 1_000_000
+    start = 1_000_000 * ms  # on a 15 s boundary
+    assert schedule.due([], start) == ["FAST", "SLOW"]  # the timers start at once
+    assert schedule.due(["SLOW", "LIVE"], start + 10 * ms) == ["LIVE"]  # not between
+    assert schedule.due([], start + 1_000 * ms) == ["FAST"]
+    assert schedule.next_due_ns() == start + 2_000 * ms
+    assert schedule.due(["LIVE"], start + 15_000 * ms) == ["FAST", "LIVE", "SLOW"]
+    assert schedule.due([], start + 15_001 * ms, everything=True) == ["FAST", "LIVE", "SLOW"]
