@@ -7,11 +7,15 @@ Fri 2025-11-28).  The index IX is price-weighted with divisor 1: its level is ``
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +25,10 @@ from streamer.engine.funds import NavRecord
 from streamer.engine.schedule import Session, SessionRules
 from streamer.errors import ConfigError
 from streamer.fund_config import Basket, FundDefinition, HoldingSpec
-from streamer.fund_outputs import InavSchedule
+from streamer.fund_outputs import InavSchedule, nav_row
+from streamer.localservices import LocalRedis
+from streamer.outputs import close_row
+from streamer.tools.processes import child_environment
 from streamer.wire import BasketChange, Close, Dividend, Split, Tick
 from tests.unit.builders import index, member
 from tests.unit.test_sessions import DAYS, HOUR, SECOND, close_of, five_days, open_of
@@ -405,3 +412,35 @@ def test_the_inav_goes_out_on_each_funds_own_timer_or_on_every_change() -> None:
     assert schedule.next_due_ns() == start + 2_000 * ms
     assert schedule.due(["LIVE"], start + 15_000 * ms) == ["FAST", "LIVE", "SLOW"]
     assert schedule.due([], start + 15_001 * ms, everything=True) == ["FAST", "LIVE", "SLOW"]
+
+
+def test_streamer_tracking_reads_the_published_navs_and_agrees(redis_server: LocalRedis) -> None:
+    """The NAV records as the service writes them (``P:navs:F``, ``P:closes:IX``) read by
+    ``streamer tracking --fund F --index IX`` give the engine's own TD since inception."""
+    e = engine(fund("F", ("A", 1.0), ("B", 1.0), expense_ratio=FEE))
+    prices = [(100.0, 50.0), (102.0, 51.0), (101.0, 50.0), (104.0, 52.0), (103.0, 53.0)]
+    client = redis.Redis.from_url(redis_server.url)
+    navs: list[NavRecord] = []
+    for k, (a, b) in enumerate(prices):
+        at = open_of(k) + HOUR
+        e.apply(ticks=[Tick("A", a, at), Tick("B", b, at)], now=at)
+        result = e.advance(close_of(k) + 6 * SECOND)
+        for nav in result.navs:
+            client.xadd("p:navs:F", dict(pairs(nav_row(nav))))
+        for close in result.closes:
+            client.xadd(f"p:closes:{close.series}", dict(pairs(close_row(close))))
+        navs.extend(result.navs)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("streamer")), "tracking", "--redis-url",
+         redis_server.url, "--prefix", "p", "--fund", "F", "--index", "IX", "--json",
+         "--no-chart"],
+        env=child_environment({}), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    inception = next(p for p in report["tracking_difference"] if p["period"] == "inception")
+    assert inception["td_bps"] == pytest.approx(navs[-1].td_inception_bps, rel=1e-9)
+
+
+def pairs(row: list[bytes]) -> list[tuple[bytes, bytes]]:
+    return list(zip(row[::2], row[1::2], strict=True))
