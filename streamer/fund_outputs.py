@@ -161,6 +161,8 @@ class FundEntry(msgspec.Struct, frozen=True):
     tracks: str
     listing: str
     holdings: int
+    shares_outstanding: float
+    expense_ratio: float
     inav_interval_ms: int
     shard: str
     keys: dict[str, str]  # fund (hash), history, navs, channel, series_channel
@@ -181,6 +183,8 @@ def fund_directory(
             tracks=f.tracks,
             listing=f.listing,
             holdings=holdings.get(f.id, len(f.basket.holdings)),
+            shares_outstanding=f.shares_outstanding,
+            expense_ratio=f.expense_ratio,
             inav_interval_ms=f.inav_interval_ms,
             shard=keys.shard or "",
             keys={
