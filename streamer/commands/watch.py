@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.text import Text
 
 from streamer.config import INDEX_ID_PATTERN, load_settings, redact_url
-from streamer.fund_outputs import parse_fund_messages
+from streamer.fund_outputs import FUND_KIND, parse_fund_messages
 from streamer.outputs import parse_levels_message
 from streamer.tools.funds_view import FundsBoard, render_funds
 from streamer.tools.levels_view import (
@@ -258,6 +258,8 @@ def _directory_keys(client: redis.Redis, prefix: str) -> dict[str, dict[str, str
         except ValueError:
             continue
         keys = entry.get("keys") if isinstance(entry, dict) else None
+        if isinstance(entry, dict) and entry.get("kind") == FUND_KIND:
+            continue  # a fund: the funds table shows it (tools.funds_view), not the board
         if isinstance(keys, dict):
             entries[series] = {k: v for k, v in keys.items() if isinstance(v, str)}
     return entries

@@ -6,6 +6,7 @@ from __future__ import annotations
 import redis
 from rich.console import Console
 
+from streamer.commands.watch import WatchTarget, snapshot
 from streamer.engine.funds import FundLevel
 from streamer.fund_config import Basket, FundDefinition, HoldingSpec
 from streamer.fund_outputs import fund_directory, fund_record, parse_fund_messages
@@ -13,6 +14,7 @@ from streamer.keys import KeyLayout
 from streamer.localservices import LocalRedis
 from streamer.outputs import parse_levels_message
 from streamer.tools.funds_view import FundsBoard, render_funds
+from streamer.tools.levels_view import LevelsBoard
 
 T = 1_764_000_000_000_000_000
 
@@ -53,3 +55,17 @@ def test_seeded_from_the_directory_then_moved_by_the_channel(redis_server: Local
     for fund in parse_fund_messages(payload):
         board.update(str(fund["fund"]), fund)
     assert "-10.0" in text_of(board)
+
+
+def test_a_fund_in_the_directory_is_no_row_of_the_levels_board(redis_server: LocalRedis) -> None:
+    keys = KeyLayout("p")
+    definition = FundDefinition(
+        id="F1", tracks="IX.NTR", listing="F1L",
+        basket=Basket(holdings=(HoldingSpec(symbol="A", shares=1.0),)),
+    )  # fmt: skip
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    for name, entry in fund_directory([definition], {}, keys).items():
+        client.hset("p:series", name, entry)
+    target = WatchTarget(url=redis_server.url, password=None, prefix="p")
+    findings = snapshot(client, target, LevelsBoard((), (), 10))
+    assert "F1" not in findings.series
