@@ -355,7 +355,7 @@ class Engine:
         for action in actions:
             self._submit(action, now, result)
         if self.funds is not None and ticks:
-            self._take_quotes(ticks, now)
+            self._take_quotes(ticks, now, now if received_ns is None else received_ns)
         quiet = not self._maybe_unestablished and (
             self._next_trigger == NO_TRIGGER or self._quiet_until(now, ticks, fx)
         )
@@ -1085,16 +1085,26 @@ class Engine:
 
     # ------------------------------------------------------------------ funds
 
-    def _take_quotes(self, ticks: Sequence[Tick], now: int) -> None:
-        """Bid and ask of listing ticks (the premium uses their mid); a quote that is not
-        two positive finite prices with bid <= ask is ignored, its last price still counts."""
+    def _take_quotes(self, ticks: Sequence[Tick], now: int, received: int) -> None:
+        """Bid and ask of listing ticks (the premium uses their mid).  A quote is taken only
+        with a usable tick: two positive finite prices with bid <= ask, a positive finite
+        last price, not stamped beyond ``max_future_s``; any other is ignored (its tick is
+        screened as usual), and an older quote never replaces a newer one."""
         funds = self.funds
         assert funds is not None
+        future_limit = received + self.max_future_ns
         for t in ticks:
             if t.ask is not None and t.bid is not None:
-                bid, ask = t.bid, t.ask
-                if math.isfinite(bid) and math.isfinite(ask) and 0.0 < bid <= ask:
-                    funds.quote(t.symbol, bid, ask, now if t.ts is None else t.ts)
+                bid, ask, ts = t.bid, t.ask, now if t.ts is None else t.ts
+                if (
+                    math.isfinite(bid)
+                    and math.isfinite(ask)
+                    and 0.0 < bid <= ask
+                    and math.isfinite(t.price)
+                    and t.price > 0.0
+                    and ts <= future_limit
+                ):
+                    funds.quote(t.symbol, bid, ask, ts)
 
     def _funds_changed(self, result: BatchResult) -> None:
         funds = self.funds
@@ -1173,9 +1183,6 @@ class Engine:
     def fund_table(self) -> FundTable | None:
         """Every fund's figures as arrays (metrics); None without funds."""
         return None if self.funds is None else self.funds.table(self._tracked_levels())
-
-    def fund_ids(self) -> list[str]:
-        return [] if self.funds is None else list(self.funds.ids)
 
     def fund_levels(
         self, funds: Iterable[str] | None = None, *, now: int | None = None
