@@ -198,12 +198,14 @@ class KeyLayout:
 
     # -- for the writer and for consumers ---------------------------------------------------
 
-    def cycle_keys(self, series: Iterable[str]) -> list[str]:
-        """Every key one publish cycle of this shard may touch, for ``series``."""
+    def cycle_keys(self, series: Iterable[str], funds: Iterable[str] = ()) -> list[str]:
+        """Every key one publish cycle of this shard may touch, for ``series`` and ``funds``."""
         keys = [self.lease(), self.lease_epoch(), *self.state_keys(), self.actions(),
                 self.actions_written()]  # fmt: skip
         for name in series:
             keys += [self.index(name), self.history(name), self.closes(name), self.bars(name)]
+        for fund in funds:
+            keys += [self.fund(fund), self.history(fund), self.navs(fund)]
         return keys
 
     def directory_entry(self, series: str) -> dict[str, str]:
