@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate the demo index universe: ``streamer.toml`` and ``indices/*.toml`` + ``*.csv``.
+"""Generate the demo universe: ``streamer.toml``, ``indices/*.toml`` + ``*.csv`` and ``funds/``.
 
 The numbers are synthetic but plausible (share counts, float factors, prices, sector mix of a
 large-cap US market, a handful of European names).  A fixed seed makes the output reproducible
@@ -466,6 +466,7 @@ SERVICE_TOML = f"""\
 
 # Top-level keys must come before the first [table], or TOML puts them inside it.
 indices = ["indices/*.toml"]        # glob(s), relative to this file
+funds = ["funds/*.toml"]            # index funds (iNAV, premium, tracking)
 
 [mqtt]
 url = "mqtt://127.0.0.1:1883"       # mqtts:// for TLS
@@ -494,6 +495,105 @@ recompute_interval_s = 10.0         # full recompute of every sum, bounds floati
 """
 
 
+# Index funds on US500, tracking its net total return (as UCITS ETFs usually do).
+FUND_UNITS_PER_CU = 50_000
+FUND_NAV_TARGET = 600.0  # per unit at the seed prices: a creation unit is 30 M USD
+SAMPLED_NAMES = 100
+
+
+@dataclass(frozen=True)
+class FundFile:
+    id: str
+    name: str
+    comment: str
+    listing: str
+    holdings: tuple[tuple[str, int], ...]  # symbol, shares per creation unit
+    cash: float
+    expense_ratio: float
+    shares_outstanding: int
+    inav_interval_ms: int
+
+    @property
+    def stem(self) -> str:
+        return self.id.lower()
+
+    def toml_text(self) -> str:
+        lines = [f"# {GENERATED_NOTICE}"]
+        lines += [f"# {line}".rstrip() for line in self.comment.strip().splitlines()]
+        lines += [
+            f'id = "{self.id}"',
+            f'name = "{self.name}"',
+            'currency = "USD"',
+            'tracks = "US500.NTR"',
+            f'listing = "{self.listing}"',
+            f'basket = "{self.stem}_basket.csv"',
+            f"cash = {self.cash:.2f}",
+            f"units = {FUND_UNITS_PER_CU}",
+            f"shares_outstanding = {self.shares_outstanding}",
+            f"expense_ratio = {self.expense_ratio!r}",
+            f"inav_interval_ms = {self.inav_interval_ms}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def csv_text(self) -> str:
+        lines = [
+            f"# {self.id} portfolio composition file; {GENERATED_NOTICE}",
+            "# shares: per creation unit",
+            "symbol,shares",
+        ]
+        lines += [f"{symbol},{shares}" for symbol, shares in self.holdings]
+        return "\n".join(lines) + "\n"
+
+
+def basket_of(stocks: Sequence[Stock], value: float) -> tuple[tuple[tuple[str, int], ...], float]:
+    """Whole shares per creation unit in proportion to float caps, worth ``value`` at the seed
+    prices with the rounding left over in cash."""
+    caps = float_caps(stocks)
+    shares = np.maximum(np.rint(caps / caps.sum() * value / [s.price for s in stocks]), 1)
+    invested = float(sum(q * s.price for q, s in zip(shares, stocks, strict=True)))
+    holdings = tuple((s.symbol, int(q)) for s, q in zip(stocks, shares, strict=True))
+    return holdings, round(value - invested, 2)
+
+
+def build_funds() -> list[FundFile]:
+    market = us_market(np.random.default_rng(SEED))
+    value = FUND_NAV_TARGET * FUND_UNITS_PER_CU
+    full, full_cash = basket_of(sorted(market, key=lambda s: s.symbol), value)
+    largest = sorted(market, key=lambda s: -float(float_caps([s])[0]))[:SAMPLED_NAMES]
+    sampled, sampled_cash = basket_of(sorted(largest, key=lambda s: s.symbol), value)
+    return [
+        FundFile(
+            id="US5FULL",
+            name="Demo US 500 Full Replication ETF",
+            comment=(
+                "Holds every US500 name in whole shares per creation unit, in proportion to\n"
+                "its float cap (the rounding left in cash): tracks US500.NTR up to its fee."
+            ),
+            listing="US5F",
+            holdings=full,
+            cash=full_cash,
+            expense_ratio=0.0009,
+            shares_outstanding=80_000_000,
+            inav_interval_ms=15_000,
+        ),
+        FundFile(
+            id="US5SAMP",
+            name=f"Demo US 500 Sampled ETF ({SAMPLED_NAMES} names)",
+            comment=(
+                f"Holds only the {SAMPLED_NAMES} largest US500 names, reweighted to the whole\n"
+                "creation unit: the other 400 names are missing, so its tracking error is\n"
+                "visibly larger than the full replication fund's."
+            ),
+            listing="US5S",
+            holdings=sampled,
+            cash=sampled_cash,
+            expense_ratio=0.0020,
+            shares_outstanding=12_000_000,
+            inav_interval_ms=1_000,
+        ),
+    ]
+
+
 def render(out: Path) -> dict[Path, str]:
     """Every file the universe consists of, path -> text."""
     files: dict[Path, str] = {out / "streamer.toml": SERVICE_TOML}
@@ -504,6 +604,9 @@ def render(out: Path) -> dict[Path, str]:
                 raise AssertionError(f"{s.symbol} has two seed prices")
         files[out / "indices" / f"{index.stem}.toml"] = index.toml_text()
         files[out / "indices" / f"{index.stem}.csv"] = index.csv_text()
+    for fund in build_funds():
+        files[out / "funds" / f"{fund.stem}.toml"] = fund.toml_text()
+        files[out / "funds" / f"{fund.stem}_basket.csv"] = fund.csv_text()
     return files
 
 
@@ -516,6 +619,8 @@ def summary() -> list[str]:
         else:
             text = f"base_value {index.base_value:,.0f}"
         lines.append(f"{index.id:<12} {index.method:<6} {len(index.stocks):>4} names  {text}")
+    for fund in build_funds():
+        lines.append(f"{fund.id:<12} fund   {len(fund.holdings):>4} names  tracks US500.NTR")
     return lines
 
 
@@ -533,7 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8", newline="\n")
-    stale = sorted(set((args.out / "indices").glob("*")) - set(files))
+    stale = sorted(
+        (set((args.out / "indices").glob("*")) | set((args.out / "funds").glob("*"))) - set(files)
+    )
     if not args.quiet:
         print("\n".join(summary()))
         print(f"{len(files)} files written to {args.out}")

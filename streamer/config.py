@@ -20,7 +20,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import msgspec.inspect
@@ -29,6 +29,9 @@ from streamer.endpoints import parse_listen_address, parse_mqtt_url, parse_redis
 from streamer.endpoints import redact_url as redact_url  # re-exported: callers log URLs with it
 from streamer.errors import ConfigError, EndpointError
 from streamer.topics import tick_topic
+
+if TYPE_CHECKING:
+    from streamer.fund_config import FundDefinition
 
 Method = Literal["price", "cap", "equal"]
 Variant = Literal["price", "total", "net"]
@@ -302,6 +305,7 @@ class _SettingsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     shard: ShardSettings = msgspec.field(default_factory=ShardSettings)
     gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
     indices: tuple[str, ...] = ("indices/*.toml",)
+    funds: tuple[str, ...] = ()  # fund definition globs (streamer.fund_config)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -318,6 +322,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gateway: GatewaySettings
     indices: tuple[IndexDefinition, ...]
     path: str
+    funds: tuple[FundDefinition, ...] = ()
 
 
 # Section name -> its Struct; each can be overridden from STREAMER_<SECTION>_<KEY>.
@@ -380,6 +385,15 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
                     f"is also defined in {seen[series]}"
                 )
             seen[series] = definition.source
+    funds = _load_funds(parsed.funds, cfg_path, source, definitions)
+    if parsed.mqtt.tick_topics == "constituents":
+        for fund in funds:
+            for symbol in (fund.listing, *(h.symbol for h in fund.basket.holdings)):
+                if tick_topic(symbol) is None:
+                    raise ConfigError(
+                        f"{fund.source}: symbol {symbol!r}: with [mqtt] tick_topics = "
+                        '"constituents" a symbol is a topic level: no +, #'
+                    )
     return Settings(
         mqtt=parsed.mqtt,
         redis=parsed.redis,
@@ -394,7 +408,28 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         gateway=_resolve_tokens_file(parsed.gateway, source),
         indices=tuple(definitions),
         path=str(cfg_path),
+        funds=funds,
     )
+
+
+def _load_funds(
+    patterns: tuple[str, ...],
+    cfg_path: Path,
+    source: _SettingsSource,
+    indices: list[IndexDefinition],
+) -> tuple[FundDefinition, ...]:
+    # streamer.fund_config builds on this module's loaders, so it is imported here.
+    from streamer.fund_config import check_funds, load_fund
+
+    files: list[Path] = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(str(cfg_path.parent / pattern)))
+        if not matched:
+            raise source.error("funds", f"no file matches {pattern!r}")
+        files.extend(Path(m) for m in matched)
+    funds = tuple(load_fund(f) for f in dict.fromkeys(files))
+    check_funds(funds, indices)
+    return funds
 
 
 def load_index(path: Path) -> IndexDefinition:
@@ -995,3 +1030,10 @@ def _element_type(kind: msgspec.inspect.Type) -> msgspec.inspect.Type:
             kind = kind.item_type
         else:
             return kind
+
+
+# The loaders above, for the fund definitions (streamer.fund_config).
+check_currency_code = _check_currency
+explain_validation_error = _explain
+parse_toml_file = _parse_toml
+read_text_file = _read_text

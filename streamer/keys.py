@@ -7,6 +7,8 @@ shard, for a single Redis instance or a Redis Cluster:
                          (today's names)
     -------------------  ----------------------  -----------------------  -----------------------
     index(S)             P:index:S               P:index:S                {P:a}:index:S
+    fund(F)              P:fund:F                P:fund:F                 {P:a}:fund:F
+    navs(F)              P:navs:F                P:navs:F                 {P:a}:navs:F
     history(S)           P:history:S             P:history:S              {P:a}:history:S
     closes(S)            P:closes:S              P:closes:S               {P:a}:closes:S
     bars(S)              P:bars:1m:S             P:bars:1m:S              {P:a}:bars:1m:S
@@ -145,6 +147,14 @@ class KeyLayout:
         """Stream: the series' minute bars (open, high, low, close of its level)."""
         return f"{self.output_base}:bars:1m:{_check_name('series', series)}"
 
+    def fund(self, fund: str) -> str:
+        """Hash: a fund's live figures (iNAV, listing, premium, intraday TD, ...)."""
+        return f"{self.output_base}:fund:{_check_name('fund', fund)}"
+
+    def navs(self, fund: str) -> str:
+        """Stream: one entry per official NAV of a fund (``session``, ``nav``, ...)."""
+        return f"{self.output_base}:navs:{_check_name('fund', fund)}"
+
     def actions(self) -> str:
         """Stream: one entry per applied corporate action and index."""
         return f"{self.output_base}:actions"
@@ -188,12 +198,14 @@ class KeyLayout:
 
     # -- for the writer and for consumers ---------------------------------------------------
 
-    def cycle_keys(self, series: Iterable[str]) -> list[str]:
-        """Every key one publish cycle of this shard may touch, for ``series``."""
+    def cycle_keys(self, series: Iterable[str], funds: Iterable[str] = ()) -> list[str]:
+        """Every key one publish cycle of this shard may touch, for ``series`` and ``funds``."""
         keys = [self.lease(), self.lease_epoch(), *self.state_keys(), self.actions(),
                 self.actions_written()]  # fmt: skip
         for name in series:
             keys += [self.index(name), self.history(name), self.closes(name), self.bars(name)]
+        for fund in funds:
+            keys += [self.fund(fund), self.history(fund), self.navs(fund)]
         return keys
 
     def directory_entry(self, series: str) -> dict[str, str]:

@@ -150,7 +150,11 @@ class Pipeline:
         step.acks_now.extend({ack for ack in inbound.action_acks if ack and ack not in durable})
 
     def _to_outbox(self, result: BatchResult, receipts: list[int]) -> None:
-        if result.changed or result.audit or result.closes:
+        if result.changed or result.audit or result.closes or result.navs or result.funds_changed:
             self.outbox.add(
-                result.changed, result.audit, receipts if result.changed else (), result.closes
+                result.changed,
+                result.audit,
+                receipts if result.changed else (),
+                [*result.closes, *result.navs] if result.navs else result.closes,
+                funds=result.funds_changed,
             )

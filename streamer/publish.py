@@ -43,8 +43,10 @@ from streamer.backoff import Backoff, reraise_if_cancelled
 from streamer.config import PublishSettings
 from streamer.endpoints import RedisEndpoint
 from streamer.engine import AuditRecord, SeriesLevel
+from streamer.engine.funds import FundLevel, NavRecord
 from streamer.engine.results import CloseRecord
 from streamer.errors import StreamerError
+from streamer.fund_outputs import InavSchedule, fund_record, nav_row
 from streamer.keys import KeyLayout
 from streamer.lease import ACQUIRE_LUA, RELEASE_LUA, RENEW_LUA, ROLES, LeaseState, Role
 from streamer.metrics import Metrics
@@ -63,6 +65,11 @@ from streamer.redis_clients import SlotRouter
 from streamer.redis_pipe import CommandPipe, PipeError, Reply, ReplyError, pack
 
 log = logging.getLogger("streamer.publish")
+
+# What a cycle writes once by close time: an index series' official close (P:closes:S) or a
+# fund's official NAV (P:navs:F).
+OfficialRecord = CloseRecord | NavRecord
+FundLevelSource = Callable[[Iterable[str] | None], list[FundLevel]]
 
 # Audit and close records are kept across a Redis outage (unlike levels, which are simply
 # republished); past this many the oldest are dropped and logged.
@@ -154,20 +161,23 @@ class Outbox:
 
     dirty: set[str] = field(default_factory=set)
     audit: list[AuditRecord] = field(default_factory=list)
-    closes: list[CloseRecord] = field(default_factory=list)
+    closes: list[OfficialRecord] = field(default_factory=list)
     receipts: list[int] = field(default_factory=list)
     durable_acks: list[DurableAck] = field(default_factory=list)
     event: asyncio.Event = field(default_factory=asyncio.Event)
+    funds: set[str] = field(default_factory=set)  # funds whose figures changed
 
     def add(
         self,
         changed: Iterable[str],
         audit: Sequence[AuditRecord] = (),
         receipts: Sequence[int] = (),
-        closes: Sequence[CloseRecord] = (),
+        closes: Sequence[OfficialRecord] = (),
+        funds: Iterable[str] = (),
     ) -> None:
-        before = len(self.dirty) + len(self.audit) + len(self.closes)
+        before = len(self.dirty) + len(self.audit) + len(self.closes) + len(self.funds)
         self.dirty.update(changed)
+        self.funds.update(funds)
         if audit:
             self.audit.extend(audit)
             _bound(self.audit, "audit records")
@@ -176,7 +186,7 @@ class Outbox:
             _bound(self.closes, "close records")
         if receipts and len(self.receipts) < MAX_PENDING_RECEIPTS:
             self.receipts.extend(receipts)
-        if len(self.dirty) + len(self.audit) + len(self.closes) > before:
+        if len(self.dirty) + len(self.audit) + len(self.closes) + len(self.funds) > before:
             self.event.set()
 
     def await_durable(self, acks: Iterable[DurableAck]) -> None:
@@ -186,11 +196,15 @@ class Outbox:
         if len(self.durable_acks) > before:
             self.event.set()
 
-    def take(self) -> tuple[set[str], list[AuditRecord], list[CloseRecord], list[int]]:
+    def take(self) -> tuple[set[str], list[AuditRecord], list[OfficialRecord], list[int]]:
         taken = (self.dirty, self.audit, self.closes, self.receipts)
         self.dirty, self.audit, self.closes, self.receipts = set(), [], [], []
         self.event.clear()
         return taken
+
+    def take_funds(self) -> set[str]:
+        funds, self.funds = self.funds, set()
+        return funds
 
     def take_durable_acks(self) -> list[DurableAck]:
         acks, self.durable_acks = self.durable_acks, []
@@ -200,7 +214,7 @@ class Outbox:
         """A standby's cycle: the changed series and their latency samples go (the leader
         publishes them); audit and close records stay, for the day it leads (written once
         by id whoever writes them first), the oldest past a bound."""
-        self.dirty, self.receipts = set(), []
+        self.dirty, self.receipts, self.funds = set(), [], set()
         for records in (self.audit, self.closes):
             if len(records) > MAX_PENDING_AUDIT:
                 del records[: len(records) - MAX_PENDING_AUDIT]
@@ -209,7 +223,7 @@ class Outbox:
     def restore(
         self,
         audit: list[AuditRecord],
-        closes: list[CloseRecord],
+        closes: list[OfficialRecord],
         acks: list[DurableAck],
     ) -> None:
         """Put back what a failed cycle was carrying, ahead of newer entries."""
@@ -305,6 +319,22 @@ class _Names:
         self.state = [key.encode() for key in layout.state_keys()]  # STATE_PARTS order
         self.directory = layout.directory().encode()
         self._series: dict[str, tuple[bytes, bytes, bytes, bytes, bytes]] = {}
+        self._funds: dict[str, tuple[bytes, bytes, bytes]] = {}
+
+    def of_fund(self, fund: str) -> tuple[bytes, bytes, bytes]:
+        """Hash, channel and history stream of a fund."""
+        names = self._funds.get(fund)
+        if names is None:
+            layout = self.layout
+            names = self._funds[fund] = (
+                layout.fund(fund).encode(),
+                layout.series_channel(fund).encode(),
+                layout.history(fund).encode(),
+            )
+        return names
+
+    def navs(self, fund: str) -> bytes:
+        return self.layout.navs(fund).encode()
 
     def of(self, series: str) -> tuple[bytes, bytes, bytes, bytes, bytes]:
         """Hash, channel, history stream, bars stream and closes stream of a series."""
@@ -413,13 +443,16 @@ class RedisPublisher:
         except (PipeError, TimeoutError) as exc:
             raise PublishError(str(exc) or "no reply to PING") from exc
 
-    async def load_sequences(self, series: Sequence[str]) -> None:
-        """Continue each series' ``seq`` from what a previous run left in Redis."""
+    async def load_sequences(self, series: Sequence[str], funds: Sequence[str] = ()) -> None:
+        """Continue each series' (and fund's) ``seq`` from what a previous run left in Redis."""
         if not self.is_open:
             await self._open()
         transaction = _Transaction()
         for s in series:
             transaction.add(b"HGET", self._names.of(s)[0], b"seq")
+        for f in funds:
+            transaction.add(b"HGET", self._names.of_fund(f)[0], b"seq")
+        series = [*series, *funds]
         request, replies = transaction.packed()
         try:
             reply = await asyncio.wait_for(self._pipe.call(request, replies), 10.0)
@@ -434,30 +467,32 @@ class RedisPublisher:
         self,
         levels: Sequence[SeriesLevel],
         audit: Sequence[AuditRecord] = (),
-        closes: Sequence[CloseRecord] = (),
+        closes: Sequence[OfficialRecord] = (),
         checkpoint: Blobs | None = None,
         directory: dict[str, bytes] | None = None,
+        funds: Sequence[FundLevel] = (),
     ) -> Sent:
         """Write one cycle without waiting for Redis: its requests' futures resolve when
         Redis has applied them (``received_ns``: the acknowledgement time).  The directory,
         when given, goes first, in requests of its own: it is one key for every shard, so on
         a cluster it is in no shard's slot."""
         async with self._writing:
-            return await self._send(levels, audit, closes, checkpoint, directory)
+            return await self._send(levels, audit, closes, checkpoint, directory, funds)
 
     async def _send(
         self,
         levels: Sequence[SeriesLevel],
         audit: Sequence[AuditRecord],
-        closes: Sequence[CloseRecord],
+        closes: Sequence[OfficialRecord],
         checkpoint: Blobs | None,
         directory: dict[str, bytes] | None,
+        funds: Sequence[FundLevel] = (),
     ) -> Sent:
         try:
             if not self.is_open:
                 await self._open()
             publish_ns = self._clock()
-            transactions = self._build(levels, audit, closes, checkpoint, publish_ns)
+            transactions = self._build(levels, audit, closes, checkpoint, publish_ns, funds)
             acks = []
             if directory:
                 names = self._names
@@ -559,7 +594,7 @@ class RedisPublisher:
         self,
         levels: Sequence[SeriesLevel],
         audit: Sequence[AuditRecord] = (),
-        closes: Sequence[CloseRecord] = (),
+        closes: Sequence[OfficialRecord] = (),
         checkpoint: Blobs | None = None,
     ) -> int:
         """Write one cycle and wait for Redis; returns the acknowledgement time (clock ns)."""
@@ -574,9 +609,10 @@ class RedisPublisher:
         self,
         levels: Sequence[SeriesLevel],
         audit: Sequence[AuditRecord],
-        closes: Sequence[CloseRecord],
+        closes: Sequence[OfficialRecord],
         checkpoint: Blobs | None,
         publish_ns: int,
+        funds: Sequence[FundLevel] = (),
     ) -> list[_Transaction]:
         names = self._names
         first = _Transaction()
@@ -586,9 +622,13 @@ class RedisPublisher:
             first.add(b"EVALSHA", self._actions_sha, b"2", *names.actions,
                       b"%d" % self.actions_maxlen, rows)  # fmt: skip
         for record in closes:
-            first.add(b"EVALSHA", self._close_sha, b"1", names.of(record.series)[4],
+            if isinstance(record, NavRecord):
+                stream, row = names.navs(record.fund), nav_row(record)
+            else:
+                stream, row = names.of(record.series)[4], close_row(record)
+            first.add(b"EVALSHA", self._close_sha, b"1", stream,
                       b"%d" % max(record.close_ns // 1_000_000, 0), b"%d" % CLOSES_MAXLEN,
-                      *close_row(record))  # fmt: skip
+                      *row)  # fmt: skip
         if checkpoint is not None:
             first.state_at = len(first)
             first.add(
@@ -623,6 +663,23 @@ class RedisPublisher:
                             *fields)  # fmt: skip
             self._add_to_bar(series, published)
             batch.append(published)
+        for fund in funds:
+            if len(current) >= CHUNK_COMMANDS:
+                if batch:
+                    current.add(b"PUBLISH", names.levels, batch_message(batch))
+                    batch = []
+                current = _Transaction()
+                transactions.append(current)
+            hash_key, channel, history = names.of_fund(fund.fund)
+            seq = seqs[fund.fund] = seqs.get(fund.fund, 0) + 1
+            message, fields = fund_record(fund, seq, publish_ns)
+            current.add(b"HSET", hash_key, *fields)
+            current.add(b"PUBLISH", channel, message.message)
+            if now_ms >= due.get(fund.fund, 0):
+                due[fund.fund] = now_ms + policy.interval_ms
+                current.add(b"XADD", history, b"MINID", b"~", history_cutoff, b"*",
+                            *fields)  # fmt: skip
+            batch.append(message)
         if batch:
             current.add(b"PUBLISH", names.levels, batch_message(batch))
         if self._pending_bars:
@@ -729,7 +786,7 @@ class InFlight:
     sent: Sent
     levels: list[SeriesLevel]
     audit: list[AuditRecord]
-    closes: list[CloseRecord]
+    closes: list[OfficialRecord]
     receipts: list[int]
     checkpoint: Blobs | None
     durable_acks: list[DurableAck]
@@ -770,8 +827,12 @@ class PublishLoop:
         on_durable: Callable[[list[DurableAck]], None] | None = None,
         directory: DirectorySource | None = None,
         lease: LeaseState | None = None,
+        fund_levels: FundLevelSource | None = None,
+        inav_intervals_ms: dict[str, int] | None = None,
     ) -> None:
         self.publisher = publisher
+        self._fund_levels = fund_levels
+        self.inav = InavSchedule(inav_intervals_ms or {})
         self._levels = levels
         self.lease = lease  # None: the only writer, no lease
         self.outbox = outbox
@@ -834,6 +895,9 @@ class PublishLoop:
             due = self.cap.next_due_ns()
             if due is not None:  # a capped series goes out when its interval has passed
                 wait = min(wait, max(0.0, (due - self._clock()) / 1e9))
+            inav_due = self.inav.next_due_ns()
+            if inav_due is not None:  # a fund's iNAV timer
+                wait = min(wait, max(0.0, (inav_due - self._clock()) / 1e9))
             try:
                 if not self.outbox.event.is_set():  # often already set: skip the timer setup
                     async with asyncio.timeout(wait):
@@ -879,6 +943,7 @@ class PublishLoop:
         levels = self._levels(None if everything else dirty)
         if everything:
             self.cap.published_all((level.series for level in levels), now)
+        funds = self._due_funds(everything, now)
         checkpoint = self.checkpoints.take(force=force_checkpoint or bool(acks) or bool(audit))
         directory = None
         # The directory when it changed, and after a resync (Redis may have lost it); not on
@@ -886,7 +951,14 @@ class PublishLoop:
         if self._directory is not None and (self._directory_due or self._resync):
             directory = self._directory()
             self._directory_due = False
-        if not levels and not audit and not closes and checkpoint is None and directory is None:
+        if (
+            not levels
+            and not funds
+            and not audit
+            and not closes
+            and checkpoint is None
+            and directory is None
+        ):
             if acks:
                 self.outbox.durable_acks[:0] = acks  # nothing made them durable yet
             return False
@@ -896,7 +968,7 @@ class PublishLoop:
                 self.checkpoints.committed(checkpoint)
                 self._on_durable(acks)
                 acks, checkpoint = [], None
-            sent = await self.publisher.send(levels, audit, closes, checkpoint, directory)
+            sent = await self.publisher.send(levels, audit, closes, checkpoint, directory, funds)
         except asyncio.CancelledError:
             # Stopped mid-cycle (shutdown): the final cycle must still write these records.
             self.outbox.restore(audit, closes, acks)
@@ -919,6 +991,14 @@ class PublishLoop:
         self._in_flight.append(cycle)
         sent.acks[-1].add_done_callback(self._settle)
         return True
+
+    def _due_funds(self, everything: bool, now: int) -> list[FundLevel]:
+        """The funds whose iNAV goes out in this cycle (see InavSchedule)."""
+        changed = self.outbox.take_funds()
+        if self._fund_levels is None:
+            return []
+        due = self.inav.due(changed, now, everything)
+        return self._fund_levels(due) if due else []
 
     def _settle(self, _: object = None) -> None:
         """Account for every acknowledged cycle, oldest first (acks arrive in order)."""
@@ -1014,7 +1094,7 @@ class PublishLoop:
     def _failed(
         self,
         audit: list[AuditRecord],
-        closes: list[CloseRecord],
+        closes: list[OfficialRecord],
         acks: list[DurableAck],
         error: BaseException,
     ) -> None:
@@ -1089,7 +1169,7 @@ class PublishLoop:
             try:
                 await self.publisher.ping()
                 if self.role == "leader" and not self.publisher.sequences_loaded:
-                    await self.publisher.load_sequences(self._all_series())
+                    await self.publisher.load_sequences(self._all_series(), self._all_funds())
                 if (
                     self.role == "leader"
                     and self._directory is not None
@@ -1196,7 +1276,7 @@ class PublishLoop:
 
     async def _load_sequences(self) -> None:
         try:
-            await self.publisher.load_sequences(self._all_series())
+            await self.publisher.load_sequences(self._all_series(), self._all_funds())
         except PublishError as exc:
             self._failed([], [], [], exc)
 
@@ -1208,6 +1288,9 @@ class PublishLoop:
         value = lease.value
         self._lost_lease("released at shutdown", refused=False)
         await self.publisher.release_lease(value)
+
+    def _all_funds(self) -> list[str]:
+        return [] if self._fund_levels is None else [f.fund for f in self._fund_levels(None)]
 
     def _all_series(self) -> list[str]:
         return [level.series for level in self._levels(None)]

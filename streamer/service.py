@@ -35,8 +35,11 @@ from streamer.backoff import Backoff, reraise_if_cancelled
 from streamer.config import Settings, redact_url
 from streamer.endpoints import parse_listen_address, parse_redis_url
 from streamer.engine import BatchResult, Engine, SeriesLevel
+from streamer.engine.funds import FundLevel
 from streamer.engine.snapshot import restore
 from streamer.errors import StateError, StreamerError
+from streamer.fund_metrics import render as render_fund_metrics
+from streamer.fund_outputs import fund_directory
 from streamer.ingest import CONFLATED, INBOX_FULL, RawInbox
 from streamer.ingest.transport import MqttIngest
 from streamer.keys import key_layout
@@ -73,10 +76,10 @@ FEED_DELAY_SAMPLE = 64
 # Seq resets are logged one line per symbol, up to this many per step.
 MAX_RESET_LINES = 20
 EXIT_FAILED = 1
-# Actions that change which symbols an index holds (the directory, the subscriptions).
-MEMBERSHIP_ACTIONS = frozenset({"add", "delete", "rebalance"})
+# Actions that change which symbols an index or fund holds (the directory, the subscriptions).
+MEMBERSHIP_ACTIONS = frozenset({"add", "delete", "rebalance", "basket"})
 # Why an action a shard cannot apply is for another shard (all shards receive every action).
-NOT_IN_SHARD = frozenset({"unknown_index", "unknown_symbol"})
+NOT_IN_SHARD = frozenset({"unknown_index", "unknown_symbol", "unknown_fund"})
 
 
 class ServiceFailedError(StreamerError):
@@ -118,7 +121,7 @@ class Service:
             settings.redis.actions_maxlen,
             clock,
             history_policy(settings.publish).for_series(
-                sum(len(d.variants) for d in settings.indices)
+                sum(len(d.variants) for d in settings.indices) + len(settings.funds)
             ),
             router=SlotRouter(endpoint) if settings.redis.cluster else None,
         )
@@ -139,6 +142,7 @@ class Service:
         self._watchdog: threading.Timer | None = None
         self._newest_applied = 0  # ts of the newest tick applied (for the ingest lag)
         self.http_port: int | None = None
+        self._fund_metrics_text = b""  # per-fund gauges as rendered last (streamer.fund_metrics)
         self.started = asyncio.Event()
 
     # ------------------------------------------------------------------ construction
@@ -153,6 +157,7 @@ class Service:
             start_ns=self.clock() if wall else 0,
             max_pending=s.control.max_pending,
             id_retention_ns=int(s.control.id_retention_days * 86_400e9),
+            funds=s.funds,
             **restored,
         )
 
@@ -181,6 +186,8 @@ class Service:
             on_durable=self.mqtt_ack,
             directory=self._directory,
             lease=self._lease(),
+            fund_levels=self._fund_levels if self.settings.funds else None,
+            inav_intervals_ms={f.id: f.inav_interval_ms for f in self.settings.funds},
         )
 
     def _lease(self) -> LeaseState | None:
@@ -193,12 +200,20 @@ class Service:
 
     def _directory(self) -> dict[str, bytes]:
         engine = self.engine
-        return directory(
+        entries = directory(
             engine.definitions,
             engine.member_counts(),
             engine.calendar_of,
             self.publisher.keys,
         )
+        if self.settings.funds:
+            entries.update(
+                fund_directory(self.settings.funds, engine.fund_holdings(), self.publisher.keys)
+            )
+        return entries
+
+    def _fund_levels(self, funds: Iterable[str] | None) -> list[FundLevel]:
+        return self.engine.fund_levels(funds, now=self.market_time())
 
     def _levels(self, series: Iterable[str] | None) -> list[SeriesLevel]:
         return self.engine.levels(series, now=self.market_time())
@@ -242,6 +257,7 @@ class Service:
             sessions=self.sessions,
             reset=self.reset_indices,
             start_ns=start,
+            funds=s.funds,
         )
         self.engine = self._engine(state=state)
         if not wall:
@@ -715,6 +731,9 @@ class Service:
         # staleness grows without ticks (when nothing is published).
         metrics = self.metrics
         await self.series_metrics.refresh(self.engine.series_table(now=self.market_time()))
+        fund_table = self.engine.fund_table()
+        if fund_table is not None:
+            self._fund_metrics_text = render_fund_metrics(fund_table)
         wall = self.clock()
         if self.settings.session.clock == "wall" and self._newest_applied:
             metrics.ingest_lag.set(max(0.0, (wall - self._newest_applied) / 1e9))
@@ -785,7 +804,11 @@ class Service:
             return "405 Method Not Allowed", text, b"method not allowed\n"
         if path == "/metrics":
             self.metrics.flush()
-            page = generate_latest(self.metrics.registry) + self.series_metrics.text()
+            page = (
+                generate_latest(self.metrics.registry)
+                + self.series_metrics.text()
+                + self._fund_metrics_text
+            )
             return "200 OK", CONTENT_TYPE_LATEST, page
         if path == "/healthz":
             return "200 OK", text, b"ok\n"

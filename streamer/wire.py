@@ -14,6 +14,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 import msgspec
 
 from streamer.config import ConstituentSpec
+from streamer.fund_config import HoldingSpec
 
 MessageKind = Literal["tick", "fx", "reference", "control"]
 
@@ -34,11 +35,15 @@ ActionId = Annotated[
 Pair = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
 
 
-class Tick(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=False):
+# omit_defaults: a tick without a quote (bid, ask) or seq encodes without their nulls.
+class Tick(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=False, omit_defaults=True):
     symbol: TickSymbol
     price: float
     ts: Nanos | None = None  # producer's UTC time, integer ns; None: time of receipt
     seq: Seq | None = None  # optional, increasing per symbol
+    # Best bid and ask, optional: a fund listing's premium uses their mid when both are given.
+    bid: float | None = None
+    ask: float | None = None
 
 
 class FxRate(msgspec.Struct, frozen=True, gc=False):
@@ -122,6 +127,16 @@ class Close(_Action, frozen=True, tag="close"):
     index: SeriesId | None = None
 
 
+class BasketChange(_Action, frozen=True, tag="basket"):
+    """A fund's new portfolio composition, inline (holdings, cash, units per creation unit);
+    it takes effect at the first session open at or after ``effective``."""
+
+    fund: SeriesId
+    holdings: tuple[HoldingSpec, ...]
+    cash: float = 0.0
+    units: float = 1.0
+
+
 Action = (
     Split
     | SpecialDividend
@@ -133,6 +148,7 @@ Action = (
     | DeleteConstituent
     | Rebalance
     | Close
+    | BasketChange
 )
 
 Message = Tick | FxRate | ReferenceLevel | Action

@@ -18,7 +18,7 @@ def main(args: argparse.Namespace) -> int:
     from streamer.engine import Engine  # after validation: a bad config need not load numpy
 
     # Building the engine cross-checks the definitions (one currency and seed price per symbol).
-    engine = Engine(settings.indices, settings.quality)
+    engine = Engine(settings.indices, settings.quality, funds=settings.funds)
     print(f"config {settings.path}: OK")
     print(f"  mqtt    {redact_url(settings.mqtt.url)}  topics {', '.join(settings.mqtt.topics)}")
     print(f"  redis   {redact_url(settings.redis.url)}  prefix {settings.redis.prefix}")
@@ -41,5 +41,11 @@ def main(args: argparse.Namespace) -> int:
                 if currencies != [d.currency]
                 else ""
             )
+        )
+    for f in settings.funds:
+        print(
+            f"  fund {f.id:<{width}}  {f.currency}  {len(f.basket.holdings):>4} holdings  "
+            f"tracks {f.tracks}  listing {f.listing}  fee {f.expense_ratio:.2%}  "
+            f"iNAV every {f.inav_interval_ms} ms"
         )
     return 0

@@ -7,6 +7,7 @@ import logging
 
 from streamer.config import load_settings
 from streamer.tools.feed import FeedUniverse, GbmMarket
+from streamer.tools.fund_listings import ListingQuoter
 from streamer.tools.mqtt_publisher import BrokerEndpoint, MqttPublisher
 from streamer.tools.shutdown import stop_on_signals
 from streamer.tools.simulator import FeedSimulator, SimulationOptions
@@ -110,7 +111,12 @@ def main(args: argparse.Namespace) -> int:
     with stop_on_signals() as stop:
         publisher = MqttPublisher(endpoint, reconnect=True, should_stop=stop.is_set)
         with publisher:
-            simulator = FeedSimulator(GbmMarket(universe, seed=args.seed), publisher, options, stop)
+            listings = (
+                ListingQuoter(settings.funds, universe, args.seed) if settings.funds else None
+            )
+            simulator = FeedSimulator(
+                GbmMarket(universe, seed=args.seed), publisher, options, stop, listings
+            )
             report = simulator.run()
     print(report.summary(args.rate), flush=True)
     return 0

@@ -22,7 +22,9 @@ from rich.live import Live
 from rich.text import Text
 
 from streamer.config import INDEX_ID_PATTERN, load_settings, redact_url
+from streamer.fund_outputs import FUND_KIND, parse_fund_messages
 from streamer.outputs import parse_levels_message
+from streamer.tools.funds_view import FundsBoard, render_funds
 from streamer.tools.levels_view import (
     DEFAULT_HISTORY,
     LevelsBoard,
@@ -256,6 +258,8 @@ def _directory_keys(client: redis.Redis, prefix: str) -> dict[str, dict[str, str
         except ValueError:
             continue
         keys = entry.get("keys") if isinstance(entry, dict) else None
+        if isinstance(entry, dict) and entry.get("kind") == FUND_KIND:
+            continue  # a fund: the funds table shows it (tools.funds_view), not the board
         if isinstance(keys, dict):
             entries[series] = {k: v for k, v in keys.items() if isinstance(v, str)}
     return entries
@@ -476,6 +480,7 @@ def watch(
     console = console or Console()
     fit = console.is_terminal if fit_height is None else fit_height
     board = LevelsBoard(target.wanted, target.known, history)
+    funds = FundsBoard()
     title = title or f"streamer watch · {target.display_url} · prefix {target.prefix}"
     deadline = None if duration_s is None else time.monotonic() + duration_s
     state = "connecting"
@@ -493,9 +498,12 @@ def watch(
         board_status, footer_status = ("", status_line) if links else (status_line, "")
 
         def draw(width: int, height: int | None) -> RenderableType:
-            return render_board(
+            if funds and height is not None:
+                height = max(height - len(funds.funds) - 5, 6)  # the funds table's rows
+            levels = render_board(
                 board, now_ns, title, board_status, width, height, problem=problem, notes=notes
             )
+            return Group(levels, render_funds(funds, now_ns)) if funds else levels
 
         return screen_layout(draw, footer_status, links, width=console.width, fit=fit)
 
@@ -507,6 +515,7 @@ def watch(
                 pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.subscribe(target.channel)  # before the snapshot: nothing falls between
                 findings = snapshot(client, target, board)
+                funds.seed(client, target.prefix)
                 problem = problem_lines(target, findings)
                 if problem:
                     problem.append(f"still watching {target.channel} for levels")
@@ -522,7 +531,7 @@ def watch(
                         return ended
                     message = pubsub.get_message(timeout=period / 2)
                     while message is not None:
-                        if _apply(board, message):
+                        if _apply(board, message, funds):
                             rate.tick()
                         message = pubsub.get_message(timeout=0)
                     if time.monotonic() >= next_frame:
@@ -563,13 +572,16 @@ class _UpdateRate:
         return len(self._times) / self.window_s
 
 
-def _apply(board: LevelsBoard, message: dict[str, object]) -> bool:
+def _apply(board: LevelsBoard, message: dict[str, object], funds: FundsBoard) -> bool:
     if message.get("type") != "message":
         return False
     data = message.get("data")
     if not isinstance(data, str | bytes):
         return False
     applied = [board.apply(level) for level in parse_levels_message(data)]
+    for fund in parse_fund_messages(data):
+        funds.update(str(fund["fund"]), fund)
+        applied.append(True)
     return any(applied)
 
 
@@ -577,8 +589,11 @@ def print_once(target: WatchTarget, console: Console, history: int) -> int:
     """One snapshot on stdout; what is wrong on stderr. Exit 0; 1 when Redis cannot be read;
     2 when it holds nothing to show (no series under the prefix, an --index matching none)."""
     board = LevelsBoard(target.wanted, target.known, history)
+    funds = FundsBoard()
     try:
-        findings = snapshot(target.connect(), target, board)
+        client = target.connect()
+        findings = snapshot(client, target, board)
+        funds.seed(client, target.prefix)
     except redis.RedisError as exc:
         _complain([unreachable_line(target, exc)])
         return EXIT_UNREACHABLE
@@ -588,6 +603,8 @@ def print_once(target: WatchTarget, console: Console, history: int) -> int:
         return EXIT_NOTHING_TO_SHOW
     title = f"streamer · {target.display_url} · prefix {target.prefix}"
     console.print(render_board(board, time.time_ns(), title, width=console.width))
+    if funds:
+        console.print(render_funds(funds))
     notes = note_lines(target, findings)
     if notes:
         _complain(notes)

@@ -27,6 +27,7 @@ from streamer.engine import kernels
 from streamer.engine.actions import apply_action
 from streamer.engine.adjust import audit_records, continuous_divisors
 from streamer.engine.arrays import F64, I64, MAX_TS, NO_SEQ, NO_TS, Mask, float_cells, int_cells
+from streamer.engine.funds import FundBook, FundLevel, FundTable
 from streamer.engine.quality import Screen, screen_one, screen_round, screen_runs
 from streamer.engine.results import (
     BAD_PRICE,
@@ -53,7 +54,19 @@ from streamer.engine.state import EngineState
 from streamer.engine.universe import SymbolBook, Universe
 from streamer.engine.weighting import WEIGHTINGS, Weighting
 from streamer.errors import ConfigError
-from streamer.wire import Action, FxRate, ReferenceLevel, Tick
+from streamer.fund_config import Basket, FundDefinition
+from streamer.wire import (
+    Action,
+    BasketChange,
+    Dividend,
+    FxRate,
+    ReferenceLevel,
+    Rights,
+    SpecialDividend,
+    Spinoff,
+    Split,
+    Tick,
+)
 
 # Batches up to this size take the per-tick path: below it numpy's per-call overhead loses
 # (measured crossover on 500 symbols / 15 indices: about 28 ticks).
@@ -128,11 +141,13 @@ class Engine:
         max_pending: int = DEFAULT_MAX_PENDING,
         id_retention_ns: int = DEFAULT_ID_RETENTION_NS,
         state: EngineState | None = None,
+        funds: Sequence[FundDefinition] = (),
     ) -> None:
         """``start_ns``: the market time the engine starts at (seed prices count as fresh
         from then).  ``sessions``: calendars to follow; None computes around the clock with
         no session and no scheduled close.  ``state``: a restored state (see
-        ``engine.snapshot``) instead of a fresh one from the definitions."""
+        ``engine.snapshot``) instead of a fresh one from the definitions.  ``funds``: index
+        funds valued from the same prices (see ``engine.funds``)."""
         quality = quality or QualitySettings()
         self.small_batch = SMALL_BATCH
         self.band = quality.max_move_pct / 100.0
@@ -230,9 +245,21 @@ class Engine:
         self._result: BatchResult | None = None  # the batch being applied (closes report here)
         self.now = start_ns  # the latest market time the engine was given
         check_definitions(self.definitions)
+        # Index funds: baskets over the same symbols; None when none is configured, so the
+        # hot paths pay one attribute test.
+        self.funds: FundBook | None = None
+        if funds:
+            fund_state = self.state.funds
+            if fund_state is not None and [d.id for d in funds] != fund_state.ids:
+                fund_state = None  # restored for other funds (snapshot.restore reconciles)
+            self.funds = FundBook(funds, self.universe, fund_state)
+            self.state.funds = self.funds.state
         if state is None:
             self._load_constituents(start_ns)
         else:
+            if self.funds is not None:
+                self.universe.add_symbols(self.funds.symbols(), start_ns)
+                self.funds.build()
             self._after_load()
             self._schedule_restored_closes()
             self._establish(np.arange(self.n_indices))  # indices the config added
@@ -257,7 +284,12 @@ class Engine:
                 sid = self.universe.add_symbol(c.symbol, c.currency or d.currency, start_ns)
                 if c.price is not None:
                     book.price[sid] = c.price
+        if self.funds is not None:
+            for symbol, currency in self.funds.symbols():
+                self.universe.add_symbol(symbol, currency, start_ns)
         self.universe.populate([d.constituents for d in self.definitions], start_ns)
+        if self.funds is not None:
+            self.funds.build()
         self._after_load()
         self._establish(np.arange(self.n_indices))
 
@@ -322,6 +354,8 @@ class Engine:
         result = screen.result
         for action in actions:
             self._submit(action, now, result)
+        if self.funds is not None and ticks:
+            self._take_quotes(ticks, now, now if received_ns is None else received_ns)
         quiet = not self._maybe_unestablished and (
             self._next_trigger == NO_TRIGGER or self._quiet_until(now, ticks, fx)
         )
@@ -598,6 +632,8 @@ class Engine:
             )
         self._stamped[touched] = True
         self._any_stamped = True
+        if self.funds is not None:
+            self.funds.touch(touched)
         after = book.price.take(touched)
         moved = (after != before) & ~np.isnan(after)
         first = moved & np.isnan(before)
@@ -623,6 +659,8 @@ class Engine:
     def _move_alone(self, sid: int, old: float) -> None:
         """Move the indices of the only symbol accepted in a batch from its ``old`` price."""
         cells = self.universe.book.cells
+        if self.funds is not None:
+            self.funds.touch_one(sid)
         row = self._row_cache.get(sid) or self._row(sid)
         self._stamp_newest(row.entries, cells.source_ts[sid])
         change = cells.price[sid] - old
@@ -666,6 +704,8 @@ class Engine:
                 before[sid] = old
         if not before:
             return
+        if self.funds is not None and len(before) > 1:
+            self.funds.touch(np.fromiter(before, np.int64, len(before)))
         if len(before) == 1:
             [(sid, old)] = before.items()
             self._move_alone(sid, old)
@@ -733,6 +773,8 @@ class Engine:
                 updated = True
         if updated:
             self._recompute_indices(self.universe.refresh_fx())
+            if self.funds is not None:
+                self.funds.recompute()
 
     def _reference(self, ref: ReferenceLevel, result: BatchResult) -> None:
         if ref.index not in self._series_by_id:
@@ -764,6 +806,8 @@ class Engine:
             self._fire_due(now, screen)
         if self._maybe_unestablished:
             self._establish_ready()
+        if self.funds is not None and self.funds.has_changes:
+            self._funds_changed(result)
         if screen.resets:
             names = self.universe.book.names
             result.add_seq_resets(names[sid] for sid in dict.fromkeys(screen.resets))
@@ -833,6 +877,8 @@ class Engine:
 
     def _submit(self, action: Action, now: int, result: BatchResult) -> None:
         effective = now if action.effective is None else action.effective
+        if isinstance(action, BasketChange):
+            effective = self._basket_open(action.fund, effective)
         if action.id in self.applied or action.id in self.agenda.ids:
             result.reject_action(action.id, "duplicate")
             return
@@ -875,6 +921,8 @@ class Engine:
             self.applied[event.id] = pending.cut
             self.applied_actions += 1
             result.add_audit(outcome)
+            if self.funds is not None:
+                self._funds_follow(event)
         self._forget_old_ids(pending.cut)
 
     def _forget_old_ids(self, now: int) -> None:
@@ -1021,10 +1069,141 @@ class Engine:
                 for s, j, variant in self.series
                 if (k := slot.get(j)) is not None
             )
+        if self.funds is not None:
+            closes = {
+                s: float(by_variant[variant][k])
+                for s, j, variant in self.series
+                if (k := slot.get(j)) is not None
+            }
+            navs = self.funds.close(closes, session, close_ns)
+            if navs and result is not None:
+                result.add_navs(navs)
         returns.roll(js, pr)
         self._mark_dirty(js)
         self._revise()
         return {j: float(pr[k]) for j, k in slot.items()}
+
+    # ------------------------------------------------------------------ funds
+
+    def _take_quotes(self, ticks: Sequence[Tick], now: int, received: int) -> None:
+        """Bid and ask of listing ticks (the premium uses their mid).  A quote is taken only
+        with a usable tick: two positive finite prices with bid <= ask, a positive finite
+        last price, not stamped beyond ``max_future_s``; any other is ignored (its tick is
+        screened as usual), and an older quote never replaces a newer one."""
+        funds = self.funds
+        assert funds is not None
+        future_limit = received + self.max_future_ns
+        for t in ticks:
+            if t.ask is not None and t.bid is not None:
+                bid, ask, ts = t.bid, t.ask, now if t.ts is None else t.ts
+                if (
+                    math.isfinite(bid)
+                    and math.isfinite(ask)
+                    and 0.0 < bid <= ask
+                    and math.isfinite(t.price)
+                    and t.price > 0.0
+                    and ts <= future_limit
+                ):
+                    funds.quote(t.symbol, bid, ask, ts)
+
+    def _funds_changed(self, result: BatchResult) -> None:
+        funds = self.funds
+        assert funds is not None
+        if funds.waiting:
+            funds.establish(self._tracked_levels())
+        result.funds_changed = funds.take_changed()
+
+    def _tracked_levels(self) -> dict[str, float]:
+        funds = self.funds
+        if funds is None:
+            return {}
+        out = {}
+        for series in set(funds.tracks):
+            level = self.level_of(series)
+            out[series] = math.nan if level is None else level
+        return out
+
+    def _funds_follow(self, event: Action) -> None:
+        """A corporate action moved prices (and, for splits and rights, share counts):
+        baskets follow, so a fund's value does not jump with an adjusted price."""
+        funds = self.funds
+        assert funds is not None
+        if isinstance(event, Split):
+            funds.scale_holding(event.symbol, event.ratio)
+        elif isinstance(event, Rights):
+            funds.credit(event.symbol, -event.ratio * event.price)  # subscribed
+            funds.scale_holding(event.symbol, 1.0 + event.ratio)
+        elif isinstance(event, Dividend):
+            funds.credit(event.symbol, event.amount * (1.0 - self._withholding(event.symbol)))
+        elif isinstance(event, SpecialDividend):
+            funds.credit(event.symbol, event.amount)
+        elif isinstance(event, Spinoff):
+            funds.credit(event.symbol, event.ratio * event.price)  # spun-off shares, as cash
+        funds.recompute()
+
+    def _withholding(self, symbol: str) -> float:
+        """The dividend withholding rate of a symbol, as its index membership gives it (0
+        when no index holds it): the fund suffers what the NTR series it tracks assumes."""
+        sid = self.universe.book.ids[symbol]
+        if sid < 0:
+            return 0.0
+        rows = self.universe.members.row_of(sid)
+        return float(self.universe.members.withholding[rows[0]]) if len(rows) else 0.0
+
+    def _basket_open(self, fund_id: str, effective: int) -> int:
+        """A basket takes effect at the first session open at or after ``effective`` (of
+        the calendar of the series the fund tracks); without sessions, at ``effective``."""
+        funds = self.funds
+        f = funds.slot.get(fund_id) if funds is not None else None
+        if funds is None or f is None or self.sessions is None:
+            return effective
+        slot = self._series_by_id.get(funds.tracks[f])
+        if slot is None:
+            return effective
+        cursor = self.cursors.get(self.calendar_of[slot[0]])
+        if cursor is None or cursor.current is None:
+            return effective
+        if cursor.current.open_ns >= effective:
+            return cursor.current.open_ns
+        later = cursor.next_open()
+        return later if later is not None and later >= effective else effective
+
+    def replace_basket(self, fund_id: str, basket: Basket) -> bool:
+        """The ``basket`` action's effect (the action context's way to the funds)."""
+        if self.funds is None:
+            return False
+        f = self.funds.slot.get(fund_id)
+        if f is None:
+            return False
+        currency = self.funds.definitions[f].currency
+        symbols = [(h.symbol, h.currency or currency) for h in basket.holdings]
+        self.universe.add_symbols(symbols, self.now)
+        return self.funds.replace_basket(fund_id, basket)
+
+    def fund_table(self) -> FundTable | None:
+        """Every fund's figures as arrays (metrics); None without funds."""
+        return None if self.funds is None else self.funds.table(self._tracked_levels())
+
+    def fund_levels(
+        self, funds: Iterable[str] | None = None, *, now: int | None = None
+    ) -> list[FundLevel]:
+        """Live figures of every fund (or of those named): iNAV, listing, premium, intraday
+        TD, staleness of the holdings at market time ``now``."""
+        book = self.funds
+        if book is None:
+            return []
+        if funds is None:
+            picks = list(range(book.n_funds))
+        else:
+            picks = sorted({book.slot[f] for f in funds if f in book.slot})
+        if not picks:
+            return []
+        at = self.now if now is None else now
+        n = len(self.universe.book)
+        stale_symbol = (self.universe.book.fresh_ns[:n] < at - self.stale_after_ns) | np.isnan(
+            self.universe.book.price[:n]
+        )
+        return book.levels(picks, self._tracked_levels(), stale_symbol)
 
     # ------------------------------------------------------------------ the action context
 
@@ -1265,10 +1444,21 @@ class Engine:
         return list(self.universe.book.names)
 
     def member_symbols(self) -> set[str]:
-        """Every symbol some index holds now (what a shard subscribes to)."""
+        """Every symbol some index or fund holds now, and the funds' listings (what a shard
+        subscribes to)."""
         universe = self.universe
         names = universe.book.names
-        return {names[sid] for sid in np.unique(universe.members.sid).tolist()}
+        held = {names[sid] for sid in np.unique(universe.members.sid).tolist()}
+        if self.funds is not None:
+            held.update(symbol for symbol, _ in self.funds.symbols())
+        return held
+
+    def fund_holdings(self) -> dict[str, int]:
+        """Fund id -> holdings in its current basket (for the directory)."""
+        if self.funds is None:
+            return {}
+        baskets = self.funds.state.baskets
+        return {f: len(b.holdings) for f, b in zip(self.funds.ids, baskets, strict=True)}
 
     def member_counts(self) -> dict[str, int]:
         """Index id -> number of constituents (for the directory of series)."""
@@ -1314,6 +1504,8 @@ class Engine:
         self.sums[:] = exact  # in place: the per-tick path holds a view of it
         self.missing = missing
         self.max_drift = max(self.max_drift, drift)
+        if self.funds is not None:
+            self.funds.recompute(report_all=False)
         return drift
 
     def close(self, now: int | None = None) -> Sequence[CloseRecord]:

@@ -12,6 +12,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from streamer.engine.funds import NavRecord
+
 # Outcomes and reasons of streamer_ticks_total{outcome,reason}.
 ACCEPTED = "accepted"
 HELD = "held"
@@ -110,6 +112,8 @@ class BatchResult(msgspec.Struct, gc=False):
     seq_resets: Sequence[str] = ()  # symbols whose producer restarted its seq
     rejected_references: Sequence[tuple[str, str]] = ()  # (series, why)
     newest_ts: int = 0  # ts of the newest tick accepted in the batch (0: none)
+    funds_changed: list[str] = msgspec.field(default_factory=list)  # fund ids, fund order
+    navs: Sequence[NavRecord] = ()  # official NAVs taken
 
     def add_audit(self, records: Iterable[AuditRecord]) -> None:
         self.audit = _grown(self.audit, records)
@@ -122,6 +126,9 @@ class BatchResult(msgspec.Struct, gc=False):
 
     def add_closes(self, records: Iterable[CloseRecord]) -> None:
         self.closes = _grown(self.closes, records)
+
+    def add_navs(self, records: Iterable[NavRecord]) -> None:
+        self.navs = _grown(self.navs, records)
 
     def add_seq_resets(self, symbols: Iterable[str]) -> None:
         self.seq_resets = _grown(self.seq_resets, symbols)

@@ -35,12 +35,14 @@ import numpy.typing as npt
 
 from streamer.config import IndexDefinition
 from streamer.engine.arrays import column
+from streamer.engine.funds import FundHistory, FundState
 from streamer.engine.returns import ReturnsBook
 from streamer.engine.schedule import Agenda, Cursor, SessionRules
 from streamer.engine.state import EngineState
 from streamer.engine.universe import MARKET_COLUMNS, MEMBER_COLUMNS, Universe
 from streamer.engine.weighting import WEIGHTINGS
 from streamer.errors import StateError
+from streamer.fund_config import Basket, FundDefinition
 from streamer.wire import Action
 
 FORMAT_VERSION = 1
@@ -76,6 +78,20 @@ class CalendarRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     last_close_ns: int | None
 
 
+class FundRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A fund's durable part: its current basket, fee accrued, intraday base and every
+    official NAV it has struck (with the tracked series' close of the same session)."""
+
+    id: str
+    basket: Basket
+    fee_factor: float
+    nav_base: float
+    index_base: float
+    sessions: list[str]
+    navs: list[float]
+    index_closes: list[float]
+
+
 class Structure(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     format: int
     revision: int
@@ -86,6 +102,7 @@ class Structure(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     applied: dict[str, int]  # action id -> effective
     pending: list[PendingAction]
     calendars: list[CalendarRecord]
+    funds: list[FundRecord] = []  # absent in states written before funds existed
 
 
 class Market(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -195,7 +212,54 @@ def structure(state: EngineState, identity: Sequence[Identity]) -> Structure:
             CalendarRecord(name, c.last_closed, c.last_close_ns)
             for name, c in state.cursors.items()
         ],
+        funds=_fund_records(state.funds),
     )
+
+
+def _fund_records(funds: FundState | None) -> list[FundRecord]:
+    if funds is None:
+        return []
+    return [
+        FundRecord(
+            id=fund_id,
+            basket=funds.baskets[f],
+            fee_factor=float(funds.fee_factor[f]),
+            nav_base=float(funds.nav_base[f]),
+            index_base=float(funds.index_base[f]),
+            sessions=list(funds.history[f].sessions),
+            navs=list(funds.history[f].navs),
+            index_closes=list(funds.history[f].index_closes),
+        )
+        for f, fund_id in enumerate(funds.ids)
+    ]
+
+
+def restore_funds(records: Sequence[FundRecord], funds: Sequence[FundDefinition]) -> FundState:
+    """The funds' state for the configured ``funds``: a stored fund continues (its basket
+    is the last one applied, from the config or a ``basket`` action; its NAV history goes
+    on); a fund only in the config starts fresh; one only in the stored state is dropped."""
+    stored = {r.id: r for r in records}
+    n = len(funds)
+    state = FundState(
+        ids=[d.id for d in funds],
+        baskets=[d.basket for d in funds],
+        fee_factor=np.ones(n),
+        nav_base=np.full(n, np.nan),
+        index_base=np.full(n, np.nan),
+        history=[FundHistory() for _ in funds],
+    )
+    for f, d in enumerate(funds):
+        record = stored.get(d.id)
+        if record is None:
+            continue
+        state.baskets[f] = record.basket
+        state.fee_factor[f] = record.fee_factor
+        state.nav_base[f] = record.nav_base
+        state.index_base[f] = record.index_base
+        state.history[f] = FundHistory(
+            list(record.sessions), list(record.navs), list(record.index_closes)
+        )
+    return state
 
 
 def market(state: EngineState) -> Market:
@@ -217,6 +281,7 @@ def restore(
     sessions: SessionRules | None = None,
     reset: Collection[str] = (),
     start_ns: int = 0,
+    funds: Sequence[FundDefinition] = (),
 ) -> tuple[EngineState, Reconciliation]:
     """The state to run ``definitions`` with, from a snapshot taken under an earlier config.
 
@@ -368,6 +433,7 @@ def restore(
         references=references,
         cursors=cursors,
         revision=s.revision + 1,
+        funds=restore_funds(s.funds, funds) if funds else None,
     )
     return state, report
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from streamer.engine.arrays import F64
+from streamer.engine.funds import FundState
 from streamer.engine.returns import ReturnsBook
 from streamer.engine.schedule import Agenda, Cursor
 from streamer.engine.universe import Universe
@@ -30,3 +31,4 @@ class EngineState:
     # Bumped by every change other than market data (ticks, FX, references): a checkpoint
     # rewrites its structural part only when this moved.
     revision: int = 0
+    funds: FundState | None = None  # None: no fund configured (or a fresh state)

@@ -309,6 +309,15 @@ class Universe:
             sid = self.book.add(symbol, currency, fresh_ns)
         return sid
 
+    def add_symbols(self, symbols: Sequence[tuple[str, str]], fresh_ns: int) -> None:
+        """Make symbols known (unpriced, held by no index) that something other than an index
+        values, e.g. fund holdings and listings; rows are rebuilt so every sid has one."""
+        before = len(self.book)
+        for symbol, currency in symbols:
+            self.add_symbol(symbol, currency, fresh_ns)
+        if len(self.book) != before or len(self.members.row_ptr) != len(self.book) + 1:
+            self._rebuild()
+
     def insert(
         self,
         j: int,

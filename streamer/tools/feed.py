@@ -50,7 +50,8 @@ class FeedUniverse:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FeedUniverse:
-        """Every constituent of every index (seed ``price`` = previous close, else 100) and
+        """Every constituent of every index and holding of every fund (seed ``price`` =
+        previous close, else 100) and
         every pair ``<constituent currency><index currency>`` a cross-currency index needs."""
         prices: dict[str, float] = {}
         pairs: set[str] = set()
@@ -61,6 +62,9 @@ class FeedUniverse:
                 currency = spec.currency or index.currency
                 if currency != index.currency:
                     pairs.add(currency + index.currency)
+        for fund in settings.funds:  # holdings no index has (the listings are quoted apart)
+            for holding in fund.basket.holdings:
+                prices.setdefault(holding.symbol, DEFAULT_PRICE)
         fx_pairs = tuple(sorted(pairs))
         return cls(
             symbols=tuple(prices),

@@ -15,6 +15,7 @@ import numpy as np
 
 from streamer.mqtt.codec import publish_packet
 from streamer.tools.feed import GbmMarket, TickChunk
+from streamer.tools.fund_listings import ListingQuoter
 from streamer.tools.mqtt_publisher import MqttPublisher
 from streamer.tools.pacing import Pacer
 from streamer.tools.shutdown import StopSignal
@@ -35,6 +36,7 @@ class SimulationOptions:
     duration_s: float | None = None  # None: until stopped
     time_scale: float = 1.0  # simulated trading seconds per real second
     fx_interval_s: float = 0.5
+    listing_interval_s: float = 0.5  # fund listing quotes (with funds configured)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class SimulationReport:
     ticks: int = 0  # paced ticks after the opening
     messages: int = 0
     fx_messages: int = 0
+    listing_messages: int = 0
     elapsed_s: float = 0.0
     behind: int = 0  # ticks the schedule asked for that we could not send in time
     dropped: int = 0  # messages lost to a broken broker connection
@@ -63,6 +66,8 @@ class SimulationReport:
             parts.append(f"fell behind by {self.behind:,} ticks")
         if self.dropped or self.reconnects:
             parts.append(f"{self.dropped:,} messages lost in {self.reconnects} reconnects")
+        if self.listing_messages:
+            parts.append(f"{self.listing_messages:,} fund listing quotes")
         return "; ".join(parts)
 
 
@@ -75,6 +80,7 @@ class FeedSimulator:
         publisher: MqttPublisher,
         options: SimulationOptions,
         stop: StopSignal | None = None,
+        listings: ListingQuoter | None = None,
     ) -> None:
         if options.rate <= 0 or options.batch <= 0:
             raise ValueError("rate and batch must be positive")
@@ -84,6 +90,7 @@ class FeedSimulator:
         self.stop = stop or StopSignal()
         self.encoder = TickEncoder(market.universe.symbols)
         self.report = SimulationReport()
+        self.listings = listings
         self._fx_topics = [topic_for("fx", p).encode() for p in market.universe.fx_pairs]
         self._chunk = TickChunk(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
         self._cursor = 0
@@ -100,6 +107,7 @@ class FeedSimulator:
         pacer = Pacer(options.rate / options.batch)  # paces messages
         started = time.perf_counter()
         next_fx = started + options.fx_interval_s
+        next_listing = started
         next_progress = started + _PROGRESS_EVERY_S
         deadline = None if options.duration_s is None else started + options.duration_s
         while not self.stop.is_set():
@@ -109,6 +117,9 @@ class FeedSimulator:
             if now >= next_fx:
                 self._publish_fx(self._generated / options.rate * options.time_scale)
                 next_fx = now + options.fx_interval_s
+            if self.listings is not None and now >= next_listing:
+                self._publish_listings(self._generated / options.rate * options.time_scale)
+                next_listing = now + options.listing_interval_s
             if now >= next_progress:
                 self._log_progress(now - started)
                 next_progress = now + _PROGRESS_EVERY_S
@@ -180,6 +191,17 @@ class FeedSimulator:
         ]
         self.publisher.publish_packets(packets)
         self.report.fx_messages += len(packets)
+
+    def _publish_listings(self, trading_time_s: float) -> None:
+        """The funds' listing quotes around their iNAV (see ``tools.fund_listings``)."""
+        assert self.listings is not None
+        ticks = self.listings.quotes(np.exp(self.market.log_price), trading_time_s, time.time_ns())
+        packets = [
+            publish_packet(topic_for("ticks", t.symbol).encode(), encode(t, self.options.fmt))
+            for t in ticks
+        ]
+        self.publisher.publish_packets(packets)
+        self.report.listing_messages += len(packets)
 
     def _log_progress(self, elapsed_s: float) -> None:
         log.info(

@@ -173,7 +173,11 @@ def test_shared_symbols_have_one_seed_price(settings: Settings) -> None:
 
 
 def committed_files() -> dict[str, bytes]:
-    paths = [CONFIG_DIR / "streamer.toml", *sorted((CONFIG_DIR / "indices").iterdir())]
+    paths = [
+        CONFIG_DIR / "streamer.toml",
+        *sorted((CONFIG_DIR / "indices").iterdir()),
+        *sorted((CONFIG_DIR / "funds").iterdir()),
+    ]
     return {str(p.relative_to(CONFIG_DIR)): p.read_bytes() for p in paths}
 
 
@@ -190,3 +194,20 @@ def test_generator_reproduces_committed_files(tmp_path: Path) -> None:
     assert sorted(generated) == sorted(committed)
     for name, content in committed.items():
         assert generated[name] == content, f"{name} differs from the generator's output"
+
+
+def test_demo_funds_replicate_and_sample_us500(settings: Settings) -> None:
+    """The full-replication fund holds every US500 name, the sampled one its 100 largest;
+    both are worth 600 per unit at the seed prices (cash takes the rounding)."""
+    us500 = next(d for d in settings.indices if d.id == "US500")
+    prices = {c.symbol: c.price for c in us500.constituents}
+    funds = {f.id: f for f in settings.funds}
+    assert sorted(funds) == ["US5FULL", "US5SAMP"]
+    assert {h.symbol for h in funds["US5FULL"].basket.holdings} == set(prices)
+    assert len(funds["US5SAMP"].basket.holdings) == 100
+    for f in funds.values():
+        assert f.tracks == "US500.NTR"
+        basket = f.basket
+        value = sum(h.shares * (prices[h.symbol] or 0.0) for h in basket.holdings)
+        assert (value + basket.cash) / basket.units == pytest.approx(600.0, rel=1e-9)
+    assert funds["US5FULL"].expense_ratio < funds["US5SAMP"].expense_ratio

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from streamer.config import QualitySettings
 from streamer.engine import Engine, kernels
 from streamer.engine.schedule import SessionRules, utc_days
+from streamer.fund_config import Basket, FundDefinition, HoldingSpec
 from streamer.pipeline import Pipeline
 from streamer.publish import Outbox
 from tests.unit.builders import T0, index, member
@@ -32,7 +33,7 @@ from tests.unit.builders import T0, index, member
 EXAMPLES = int(os.environ.get("STREAMER_FUZZ_EXAMPLES", "150"))
 tried = {"payloads": 0}
 
-SYMBOLS = ["AAA", "BBB", "CCC", "EEE"]
+SYMBOLS = ["AAA", "BBB", "CCC", "EEE", "FNDL"]  # FNDL: the fund FND's listing
 INT_EDGES = [
     0,
     -1,
@@ -126,6 +127,9 @@ def near_valid(draw: st.DrawFn) -> dict[str, Any]:
             )
         if draw(st.booleans()):
             message["seq"] = draw(st.one_of(st.sampled_from(INT_EDGES), st.integers(0, 100)))
+        if draw(st.booleans()):  # a quote (a fund listing's premium uses its mid)
+            message["bid"] = draw(st.one_of(st.floats(1.0, 500.0), field_value))
+            message["ask"] = draw(st.one_of(st.floats(1.0, 500.0), field_value))
         return message
     if kind == "fx":
         return {
@@ -149,6 +153,7 @@ def near_valid(draw: st.DrawFn) -> dict[str, Any]:
                 "delete",
                 "rebalance",
                 "close",
+                "basket",
                 "bogus",
             ]
         )
@@ -166,6 +171,10 @@ def near_valid(draw: st.DrawFn) -> dict[str, Any]:
                     "effective",
                     "price",
                     "constituents",
+                    "fund",
+                    "holdings",
+                    "cash",
+                    "units",
                 ]
             ),
             max_size=4,
@@ -173,7 +182,14 @@ def near_valid(draw: st.DrawFn) -> dict[str, Any]:
         )
     ):
         message[name] = draw(
-            st.one_of(field_value, st.sampled_from(SYMBOLS), st.just("PX"), st.floats(0.1, 5.0))
+            st.one_of(
+                field_value,
+                st.sampled_from(SYMBOLS),
+                st.just("PX"),
+                st.just("FND"),
+                st.floats(0.1, 5.0),
+                st.just([{"symbol": "AAA", "shares": 3.0}, {"symbol": "ZZZ", "shares": 1.0}]),
+            )
         )
     return message
 
@@ -249,7 +265,21 @@ def _pipeline() -> Pipeline:
         ),
     ]
     rules = SessionRules("24/7", utc_days, close_delay_ns=0)
-    engine = Engine(definitions, QualitySettings(), sessions=rules, start_ns=T0)
+    fund = FundDefinition(
+        id="FND",
+        tracks="PX.TR",
+        listing="FNDL",
+        basket=Basket(
+            holdings=(
+                HoldingSpec(symbol="AAA", shares=2.0),
+                HoldingSpec(symbol="EEE", shares=1.0, currency="EUR"),
+            ),
+            cash=5.0,
+            units=2.0,
+        ),
+        expense_ratio=0.01,
+    )
+    engine = Engine(definitions, QualitySettings(), sessions=rules, start_ns=T0, funds=[fund])
     return Pipeline(engine, Outbox(), batch_max=50)
 
 
@@ -262,6 +292,13 @@ def _assert_exact(engine: Engine) -> None:
     assert (divisors > 0).all() and np.isfinite(divisors).all()
     for level in engine.series_levels().values():
         assert math.isfinite(level)
+    funds = engine.funds
+    assert funds is not None
+    fund_exact, fund_missing = kernels.full_sums(funds.holdings, universe.book.price, 1)
+    np.testing.assert_array_equal(funds.missing, fund_missing)
+    np.testing.assert_allclose(funds.sums, fund_exact, rtol=1e-9, atol=1e-6)
+    for fund in engine.fund_levels():
+        assert fund.coverage >= 0.0 and (math.isnan(fund.inav) or fund.inav > -1e12)
 
 
 @settings(

@@ -141,5 +141,7 @@ def test_any_valid_names_keep_a_shards_cycle_in_one_slot(
 ) -> None:
     keys = KeyLayout(prefix, shard=shard, cluster=True)
     assert len({slot(k) for k in keys.cycle_keys(series)}) == 1
+    # A fund's hash, history and NAV stream are in the shard's slot too.
+    assert len({slot(k) for k in keys.cycle_keys(series, funds=series)}) == 1
     single = KeyLayout(prefix)
     assert single.index(series[0]) == f"{prefix}:index:{series[0]}"

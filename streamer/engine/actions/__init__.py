@@ -40,6 +40,6 @@ def apply_action(context: ActionContext, action: Action, effective: int) -> Outc
 
 
 # The handlers register themselves on import.
-from streamer.engine.actions import index_changes, symbol_events  # noqa: E402, F401
+from streamer.engine.actions import fund_changes, index_changes, symbol_events  # noqa: E402, F401
 
 __all__ = ["ActionContext", "Outcome", "apply_action", "handles"]

@@ -9,6 +9,7 @@ from streamer.engine.arrays import I64
 from streamer.engine.results import AuditRecord
 from streamer.engine.universe import Universe
 from streamer.engine.weighting import Weighting
+from streamer.fund_config import Basket
 
 Outcome = list[AuditRecord] | str  # audit records, or the reason the action was rejected
 
@@ -57,6 +58,10 @@ class ActionContext(Protocol):
 
     def add_dividend_points(self, j: int, gross: float, net: float) -> None:
         """A regular dividend went ex in index j (TR/NTR reinvest it)."""
+        ...
+
+    def replace_basket(self, fund_id: str, basket: Basket) -> bool:
+        """A fund's new basket, now (False: no such fund)."""
         ...
 
     def roll(
