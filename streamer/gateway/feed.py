@@ -29,6 +29,7 @@ from streamer.endpoints import parse_redis_url, redact_url
 from streamer.gateway.hub import Hub
 from streamer.gateway.metrics import GatewayMetrics
 from streamer.gateway.records import (
+    FUND_ENTRY,
     bar_fields,
     level_fields,
     level_from_hash,
@@ -189,6 +190,8 @@ class RedisFeed:
         directory = {}
         for field, value in raw.items():
             entry = parse_directory_entry(field, value)
+            if entry is FUND_ENTRY:
+                continue
             if entry is None:
                 self._metrics.bad_records.labels("directory").inc()
                 continue

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import msgspec
 
+from streamer.fund_outputs import FUND_KIND
 from streamer.outputs import SeriesEntry
 
 # Hash fields by type; "" is an unknown value (null in JSON).
@@ -41,9 +42,14 @@ class LevelUpdate:
 
 
 class _Head(msgspec.Struct):
-    index: str
     seq: int
     ts: int
+    index: str = ""
+    kind: str = ""  # "fund" for a fund's object (no "index"): not a series the gateway serves
+
+
+class _Kind(msgspec.Struct):
+    kind: str = ""
 
 
 class LevelMessage(msgspec.Struct):
@@ -68,6 +74,13 @@ class LevelMessage(msgspec.Struct):
 _elements = msgspec.json.Decoder(list[msgspec.Raw])
 _head = msgspec.json.Decoder(_Head)
 _entry = msgspec.json.Decoder(SeriesEntry)
+_kind = msgspec.json.Decoder(_Kind)
+# What parse_directory_entry returns for a fund's entry: recognised, not served (the caller
+# skips it without counting it as bad).
+FUND_ENTRY = SeriesEntry(
+    schema=0, id="", kind=FUND_KIND, index="", variant="", name="", currency="", method="",
+    constituents=0, calendar="", shard="", keys={},
+)  # fmt: skip
 _encoder = msgspec.json.Encoder()
 
 
@@ -84,6 +97,11 @@ def parse_levels_payload(payload: bytes) -> tuple[list[LevelUpdate], int]:
         try:
             head = _head.decode(element)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            bad += 1
+            continue
+        if head.kind == FUND_KIND:
+            continue  # funds share the channel; the gateway serves index series
+        if not head.index:
             bad += 1
             continue
         updates.append(LevelUpdate(head.index, head.seq, head.ts, bytes(element)))
@@ -134,9 +152,15 @@ def bar_fields(fields: Mapping[bytes, bytes]) -> dict[str, object]:
 
 
 def parse_directory_entry(series: bytes | str, value: bytes) -> SeriesEntry | None:
-    """One ``P:series`` field; None if it is not a series entry of a valid id."""
+    """One ``P:series`` field; None if it is not a series entry of a valid id (a fund's
+    entry is :data:`FUND_ENTRY`)."""
     try:
         entry = _entry.decode(value)
     except (msgspec.DecodeError, msgspec.ValidationError):
+        try:
+            if _kind.decode(value).kind == FUND_KIND:
+                return FUND_ENTRY
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
         return None
     return entry if entry.id == _text(series) else None

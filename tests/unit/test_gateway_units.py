@@ -13,7 +13,13 @@ from streamer.gateway.feed import RedisFeed
 from streamer.gateway.hub import Hub
 from streamer.gateway.metrics import GatewayMetrics
 from streamer.gateway.openapi import openapi_document
-from streamer.gateway.records import LevelUpdate, level_from_hash, parse_levels_payload
+from streamer.gateway.records import (
+    FUND_ENTRY,
+    LevelUpdate,
+    level_from_hash,
+    parse_directory_entry,
+    parse_levels_payload,
+)
 from streamer.keys import KeyLayout
 
 
@@ -111,6 +117,15 @@ def test_parsers_skip_what_they_cannot_read() -> None:
     assert level_from_hash("A", {**fields, "level": "nan"}) is None
     assert level_from_hash("A", {**fields, "seq": "x"}) is None
     assert level_from_hash("A", {}) is None
+
+
+def test_funds_on_the_channel_and_in_the_directory_are_skipped_not_bad() -> None:
+    fund = b'{"schema":2,"kind":"fund","inav":10.0,"tracks":"A","ts":5,"seq":1,"fund":"F"}'
+    good = b'{"index":"A","seq":1,"ts":5,"level":1.5}'
+    updates, bad = parse_levels_payload(b"[" + fund + b"," + good + b"]")
+    assert [u.series for u in updates] == ["A"] and bad == 0
+    assert parse_directory_entry("F", b'{"kind":"fund","id":"F"}') is FUND_ENTRY
+    assert parse_directory_entry("F", b'{"kind":"other"}') is None
 
 
 async def test_the_rate_limit_sends_the_newest_value_at_most_rate_per_second() -> None:
