@@ -21,6 +21,13 @@ from streamer.engine.funds import FundTable
 TD_WINDOWS = (("day", "td_day_bps"), ("mtd", "td_mtd_bps"), ("ytd", "td_ytd_bps"),
               ("inception", "td_inception_bps"))  # fmt: skip
 TE_WINDOWS = (("1y", "te_1y_bps"), ("3y", "te_3y_bps"))
+# Every family render() writes (for dashboards and their tests).
+FUND_FAMILIES = (
+    "streamer_fund_inav",
+    "streamer_fund_premium_bps",
+    "streamer_fund_tracking_difference_bps",
+    "streamer_fund_tracking_error_bps",
+)
 
 
 def _family(name: str, help_text: str, samples: Sequence[tuple[str, float]]) -> str:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from prometheus_client.metrics_core import Metric
 
+from streamer.fund_metrics import FUND_FAMILIES
 from streamer.metrics import Metrics
 from streamer.series_metrics import FAMILIES, LAST_CLOSE
 
@@ -68,6 +69,7 @@ def metric_families() -> list[Metric]:
 def exported_series_names() -> frozenset[str]:
     """Every series name the service can expose, whether or not it has a sample yet."""
     names: set[str] = {name for name, _, _ in FAMILIES} | {LAST_CLOSE[0]}  # per series
+    names.update(FUND_FAMILIES)  # per fund
     for family in metric_families():
         names.update(family.name + suffix for suffix in _SUFFIXES_BY_TYPE[family.type])
     return frozenset(names)

@@ -18,13 +18,15 @@ import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.config import QualitySettings, load_settings
 from streamer.engine import Engine, kernels, snapshot
-from streamer.engine.funds import NavRecord
+from streamer.engine.funds import FundTable, NavRecord
 from streamer.engine.schedule import Session, SessionRules
 from streamer.errors import ConfigError
 from streamer.fund_config import Basket, FundDefinition, HoldingSpec
+from streamer.fund_metrics import FUND_FAMILIES, TD_WINDOWS, TE_WINDOWS, render
 from streamer.fund_outputs import InavSchedule, nav_row
 from streamer.localservices import LocalRedis
 from streamer.outputs import close_row
@@ -444,3 +446,15 @@ def test_streamer_tracking_reads_the_published_navs_and_agrees(redis_server: Loc
 
 def pairs(row: list[bytes]) -> list[tuple[bytes, bytes]]:
     return list(zip(row[::2], row[1::2], strict=True))
+
+
+def test_fund_gauges_are_exactly_the_families_dashboards_may_name() -> None:
+    figures = {key: 1.5 for _, key in (*TD_WINDOWS, *TE_WINDOWS)}
+    table = FundTable(["F"], np.array([10.0]), np.array([2.0]), np.array([-0.5]), [figures])
+    families = {f.name for f in text_string_to_metric_families(render(table).decode())}
+    assert families == set(FUND_FAMILIES)
+    unknown = {key: math.nan for key in figures}
+    nothing = FundTable(
+        ["F"], np.array([np.nan]), np.array([np.nan]), np.array([np.nan]), [unknown]
+    )
+    assert "streamer_fund_inav{" not in render(nothing).decode()  # unknown: no sample
