@@ -201,8 +201,11 @@ def test_selectors_match(manifests: Manifests) -> None:
     assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "streamer"
 
 
-def test_no_deployment_is_left(manifests: Manifests) -> None:
-    assert not [key for key in manifests if key[0] == "Deployment"]
+def test_the_only_deployment_is_the_gateway(manifests: Manifests) -> None:
+    # The calculators are StatefulSets (stable client ids); the stateless gateway is not.
+    assert [key for key in manifests if key[0] == "Deployment"] == [
+        ("Deployment", "streamer-gateway")
+    ]
     assert sorted(item["metadata"]["name"] for item in workloads(manifests)) == sorted(
         f"streamer-{name}" for name in SHARD_NAMES
     )
@@ -309,9 +312,41 @@ def test_config_loads_as_the_pod_sees_it(manifests: Manifests, shard: str, tmp_p
     assert settings.metrics.listen.startswith("0.0.0.0:")
     shard_files = {Path(d.source).name for d in settings.indices}
     assert shard_files == set(load_generator().load_shards()[SHARD_NAMES.index(shard)]["files"])
-    # Once the service reads [shard] name, from STREAMER_SHARD_NAME (today it ignores it).
-    if hasattr(settings, "shard"):
-        assert settings.shard.name == shard
+    assert settings.shard.name == shard  # from STREAMER_SHARD_NAME
+    assert settings.shard.lease_ttl_s > 0 and settings.state.store == "redis"  # hot standby
+
+
+def test_the_gateway_reads_redis_as_the_reader_and_serves_its_port(
+    manifests: Manifests, tmp_path: Path
+) -> None:
+    item = get(manifests, "Deployment", "streamer-gateway")
+    spec = container(item)
+    assert spec["args"][spec["args"].index("--config") - 1] == "gateway"
+    settings = _pod_view(manifests, item, tmp_path)
+    # Read-only: the streamer-reader user of deploy/redis/users.acl, with its own password.
+    assert urlsplit(settings.gateway.redis_url).username == "streamer-reader"
+    assert settings.gateway.password == "REPLACE-ME"
+    port = int(settings.gateway.listen.rsplit(":", 1)[1])
+    assert settings.gateway.listen.startswith("0.0.0.0:")
+    ports = {p["name"]: p["containerPort"] for p in spec["ports"]}
+    assert ports == {"http": port}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert spec[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    pod = item["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["enableServiceLinks"] is False
+    assert spec["securityContext"]["readOnlyRootFilesystem"] is True
+    # Only the reader's password is mounted: the gateway cannot write even if it tried.
+    [secret] = [v["secret"] for v in pod["volumes"] if "secret" in v]
+    assert [i["key"] for i in secret["items"]] == ["redis-reader-password"]
+    assert item["spec"]["replicas"] >= 2
+    assert item["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    service = get(manifests, "Service", "streamer-gateway")
+    assert _selects(service["spec"]["selector"], item["spec"]["template"]["metadata"]["labels"])
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    budget = get(manifests, "PodDisruptionBudget", "streamer-gateway")
+    assert budget["spec"]["selector"]["matchLabels"] == item["spec"]["selector"]["matchLabels"]
+    users = (DEPLOY / "redis" / "users.acl").read_text(encoding="utf-8")
+    assert "user streamer-reader " in users
 
 
 def test_the_shards_partition_the_indices(manifests: Manifests, tmp_path: Path) -> None:
