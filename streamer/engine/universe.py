@@ -403,7 +403,10 @@ class Universe:
         book = self.book
         book.price[sid] = adjust(float(book.price[sid]))
         if not math.isnan(book.held[sid]):
-            book.held[sid] = adjust(float(book.held[sid]))
+            # A held move is only a candidate: adjusted to nothing (a special dividend at
+            # least its size), it is dropped rather than kept as a price of zero or less.
+            held = adjust(float(book.held[sid]))
+            book.held[sid] = held if held > 0 and math.isfinite(held) else math.nan
         book.floor_ts[sid] = max(int(book.floor_ts[sid]), floor_ts)
         book.floors_set = True
 

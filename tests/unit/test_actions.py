@@ -738,3 +738,16 @@ def test_an_action_older_than_the_ids_remembered_is_refused_as_expired() -> None
     engine = Engine([px3()], QualitySettings(), start_ns=T0, id_retention_ns=30 * day)
     old = Split(id="old", symbol="A", ratio=2.0, effective=T0 - 31 * day)
     assert engine.apply(actions=[old], now=T0).rejected_actions == [("old", "expired")]
+
+
+def test_a_held_move_adjusted_to_nothing_is_dropped_not_divided_by() -> None:
+    # B at 1.0 against 50 is a big move (max 50%), held; a special dividend of 1.0 (valid:
+    # below the accepted 50) adjusts the held price to 0, which a confirming tick would
+    # divide by.  The hold is dropped instead, and the next tick is screened against 49.
+    engine = engine_of(px3())
+    held = engine.apply(ticks=[Tick(symbol="B", price=1.0, ts=at(1))], now=at(1))
+    assert held.outcomes == {("held", "big_move"): 1}
+    act(engine, SpecialDividend(id="sd-b", symbol="B", amount=1.0, effective=at(2)), seconds=2)
+    assert engine.price_of("B") == 49.0
+    tick(engine, "B", 48.0, 3)
+    assert engine.price_of("B") == 48.0
