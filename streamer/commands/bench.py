@@ -1,16 +1,20 @@
-"""``streamer bench kernel|e2e``: report performance figures."""
+"""``streamer bench kernel|e2e|state|scale``: report performance figures."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 
-HELP = "benchmarks: `kernel` (the pure engine), `e2e` (broker -> service -> Redis), `state`"
+HELP = (
+    "benchmarks: `kernel` (the pure engine), `e2e` (broker -> service -> Redis), `state`, "
+    "`scale` (growing universes; --scale-out: one process vs two shards)"
+)
 
 _TARGETS = {
     "kernel": "streamer.bench.kernel",
     "e2e": "streamer.bench.e2e",
     "state": "streamer.bench.state",
+    "scale": "streamer.bench.scale",
 }
 
 
