@@ -323,26 +323,38 @@ class Universe:
         member starts with.  Returns the sids whose price was seeded here (their first
         price: the caller recomputes the indices that hold them).
         """
-        seeded = self._append(j, specs, seed_ts, fresh_ns, equal_value)
+        columns, seeded = self._new_members(j, specs, seed_ts, fresh_ns, equal_value)
+        if columns:
+            self.members.append(**columns)
         self._rebuild()
         return seeded
 
     def populate(self, members: Sequence[Sequence[ConstituentSpec]], fresh_ns: int) -> None:
-        """Add every index's constituents at once (one rebuild): index j gets members[j]."""
-        for j, specs in enumerate(members):
-            self._append(j, specs, 0, fresh_ns, None)
+        """Add every index's constituents at once (one append, one rebuild): index j gets
+        members[j].  Appending index by index copied the membership so far each time:
+        36 s for 10,000 indices of 40 members."""
+        parts = [
+            self._new_members(j, specs, 0, fresh_ns, None)[0] for j, specs in enumerate(members)
+        ]
+        parts = [p for p in parts if p]
+        if parts:
+            self.members.append(
+                **{name: np.concatenate([p[name] for p in parts]) for name in MEMBER_COLUMNS}
+            )
         self._rebuild()
 
-    def _append(
+    def _new_members(
         self,
         j: int,
         specs: Sequence[ConstituentSpec],
         seed_ts: int,
         fresh_ns: int,
         equal_value: float | None,
-    ) -> list[int]:
+    ) -> tuple[dict[str, npt.NDArray[np.generic]], list[int]]:
+        """The membership columns of ``specs`` in index j (not yet appended), and the sids
+        whose price they seeded."""
         if not specs:
-            return []
+            return {}, []
         book = self.book
         seeded: list[int] = []
         sids = []
@@ -367,17 +379,17 @@ class Universe:
         if equal_value is not None:
             unit = book.price[sids] * self.fx.factor[fx_slot]
             q = equal_value / unit
-        self.members.append(
-            sid=np.array(sids, dtype=np.int64),
-            index=np.full(len(sids), j, dtype=np.int64),
-            shares=shares,
-            iwf=iwf,
-            awf=awf,
-            withholding=np.array([s.withholding for s in specs], dtype=np.float64),
-            q=q,
-            fx_slot=fx_slot,
-        )
-        return seeded
+        columns: dict[str, npt.NDArray[np.generic]] = {
+            "sid": np.array(sids, dtype=np.int64),
+            "index": np.full(len(sids), j, dtype=np.int64),
+            "shares": shares,
+            "iwf": iwf,
+            "awf": awf,
+            "withholding": np.array([s.withholding for s in specs], dtype=np.float64),
+            "q": q,
+            "fx_slot": fx_slot,
+        }
+        return columns, seeded
 
     def remove(self, j: int, sid: int | None = None) -> None:
         """Remove symbol ``sid`` from index j, or every member of j."""
