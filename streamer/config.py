@@ -17,13 +17,14 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 import msgspec.inspect
+import numpy as np
 
 from streamer.endpoints import parse_listen_address, parse_mqtt_url, parse_redis_url
 from streamer.endpoints import redact_url as redact_url  # re-exported: callers log URLs with it
@@ -418,6 +419,9 @@ def validate_index(d: IndexDefinition) -> None:
         raise fail("variants", "must list each of price/total/net at most once, at least one")
     if not d.constituents:
         raise fail("constituents", "an index needs at least one constituent")
+    if _constituents_plainly_valid(d.constituents):
+        return
+    # Something is wrong: find the first problem, constituent by constituent.
     symbols: set[str] = set()
     for c in d.constituents:
         # The symbol is checked first: it goes into the field name of every later message.
@@ -440,6 +444,43 @@ def validate_index(d: IndexDefinition) -> None:
             raise fail(f"{where}.price", f"must be positive, got {c.price}")
         if c.currency is not None:
             _check_currency(c.currency, lambda p, w=where: fail(f"{w}.currency", p))
+
+
+def _constituents_plainly_valid(constituents: Sequence[ConstituentSpec]) -> bool:
+    """True when every constituent passes every check of :func:`validate_index`, checked a
+    column at a time (the checks one by one cost ~10 us per constituent: at 400,000
+    memberships, seconds of start-up).  False means look closer, not necessarily invalid."""
+    symbols = [c.symbol for c in constituents]
+    joined = "".join(symbols)
+    if (
+        len(set(symbols)) != len(symbols)
+        or _has_space_or_control(joined)
+        or min(map(len, symbols)) < 1
+        or max(map(len, symbols)) > MAX_SYMBOL_LENGTH
+    ):
+        return False
+    n = len(constituents)
+    shares = np.fromiter((c.shares for c in constituents), np.float64, n)
+    iwf = np.fromiter((c.iwf for c in constituents), np.float64, n)
+    awf = np.fromiter((c.awf for c in constituents), np.float64, n)
+    withholding = np.fromiter((c.withholding for c in constituents), np.float64, n)
+    prices = [c.price for c in constituents]
+    currencies = {c.currency for c in constituents} - {None}
+    with np.errstate(invalid="ignore"):
+        numbers_ok = bool(
+            (np.isfinite(shares) & (shares > 0.0)).all()
+            and (np.isfinite(iwf) & (iwf > 0.0) & (iwf <= 1.0)).all()
+            and (np.isfinite(awf) & (awf > 0.0)).all()
+            and (np.isfinite(withholding) & (withholding >= 0.0) & (withholding < 1.0)).all()
+        )
+    if not numbers_ok or not currencies <= KNOWN_CURRENCIES:
+        return False
+    given = [x for x in prices if x is not None]
+    if given:
+        price = np.array(given, dtype=np.float64)
+        if not (np.isfinite(price) & (price > 0.0)).all():
+            return False
+    return True
 
 
 def validate_symbol(symbol: str) -> str | None:
@@ -504,7 +545,9 @@ def _positive(x: float) -> bool:
 
 
 def _has_space_or_control(text: str) -> bool:
-    return any(ch.isspace() or not ch.isprintable() for ch in text)
+    # Every whitespace character but " " is also non-printable in Python's sense, so this is
+    # ``any(ch.isspace() or not ch.isprintable() for ch in text)`` in two C-level scans.
+    return not text.isprintable() or " " in text
 
 
 @dataclass(frozen=True)
@@ -718,10 +761,15 @@ _CSV_COLUMNS = ("symbol", "shares", "iwf", "awf", "currency", "withholding", "pr
 
 def _read_constituents_csv(path: Path) -> tuple[ConstituentSpec, ...]:
     text = _read_text(path, "constituents CSV file")
-    try:
-        rows = [r for r in csv.reader(text.splitlines()) if r and not r[0].startswith("#")]
-    except csv.Error as exc:
-        raise ConfigError(f"{path}: malformed CSV: {exc}") from None
+    if '"' not in text:
+        # No quoting: the csv module's rows are the lines split at commas.
+        rows = [line.split(",") for line in text.splitlines()]
+        rows = [r for r in rows if r != [""] and not r[0].startswith("#")]
+    else:
+        try:
+            rows = [r for r in csv.reader(text.splitlines()) if r and not r[0].startswith("#")]
+        except csv.Error as exc:
+            raise ConfigError(f"{path}: malformed CSV: {exc}") from None
     if not rows:
         raise ConfigError(f"{path}: no constituents")
     header = [h.strip().lower() for h in rows[0]]
@@ -733,6 +781,9 @@ def _read_constituents_csv(path: Path) -> tuple[ConstituentSpec, ...]:
                 f"{path}: line 1: unknown column `{h if h.isprintable() else repr(h)}` "
                 f"(known: {', '.join(_CSV_COLUMNS)})"
             )
+    fast = _plain_constituents(header, rows[1:])
+    if fast is not None:
+        return fast
     out: list[ConstituentSpec] = []
     for lineno, row in enumerate(rows[1:], start=2):
         if len(row) > len(header):
@@ -758,6 +809,34 @@ def _read_constituents_csv(path: Path) -> tuple[ConstituentSpec, ...]:
             where = f"field `{field}`: " if field else ""
             raise ConfigError(f"{path}: line {lineno}: {where}{problem}") from None
     return tuple(out)
+
+
+def _plain_constituents(
+    header: list[str], rows: list[list[str]]
+) -> tuple[ConstituentSpec, ...] | None:
+    """The constituents of rows that need no checking cell by cell (every row as long as the
+    header, no empty cell, every number a plain float), converted a column at a time; None
+    when a row needs the careful path (which then names the line and field at fault).
+    Converting row by row cost ~8 us per constituent: seconds at 400,000 memberships."""
+    width = len(header)
+    if not rows or len(set(header)) != width or any(len(row) != width for row in rows):
+        return None
+    columns: list[list[Any]] = []
+    try:
+        for name, cells in zip(header, zip(*rows, strict=True), strict=True):
+            if name in ("symbol", "currency"):
+                column: list[Any] = [cell.strip() for cell in cells]
+                if not all(column):
+                    return None
+            else:
+                column = list(map(float, cells))  # float() itself ignores surrounding blanks
+            columns.append(column)
+    except ValueError:  # an empty cell or not a number
+        return None
+    return tuple(
+        ConstituentSpec(**dict(zip(header, values, strict=True)))
+        for values in zip(*columns, strict=True)
+    )
 
 
 def _apply_env_overrides(
