@@ -11,6 +11,7 @@ output or of an error message.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import math
@@ -325,7 +326,9 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         if not matched:
             raise source.error("indices", f"no file matches {pattern!r}")
         files.extend(Path(m) for m in matched)
-    definitions = [load_index(f) for f in dict.fromkeys(files)]
+    definitions = _load_indices(
+        list(dict.fromkeys(files)), _definition_cache_path(cfg_path, environ)
+    )
     if parsed.mqtt.tick_topics == "constituents":
         for definition in definitions:
             for spec in definition.constituents:
@@ -359,8 +362,98 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     )
 
 
+# A universe of many index files is read from one cache file when none of them changed: at
+# 10,000 indices, reading and parsing 20,000 TOML and CSV files took seconds of every start.
+# Smaller universes load fast enough without it (and leave no cache files behind).
+DEFINITION_CACHE_MIN_FILES = 500
+
+
+class _CachedIndex(msgspec.Struct, frozen=True, array_like=True):
+    path: str
+    stamp: tuple[int, int, int]  # (mtime_ns, size, inode) of the TOML file
+    csv_path: str  # "" when the constituents are inline
+    csv_stamp: tuple[int, int, int]
+    definition: IndexDefinition
+
+
+class _DefinitionCache(msgspec.Struct, frozen=True, array_like=True):
+    loader: str  # the loading code's identity: another version ignores the cache
+    entries: list[_CachedIndex]
+
+
+def _stamp(path: Path | str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def _loader_identity() -> str:
+    from streamer import __version__
+
+    return f"{__version__}:{Path(__file__).stat().st_mtime_ns}"
+
+
+def _definition_cache_path(cfg_path: Path, environ: Mapping[str, str]) -> Path:
+    import hashlib
+
+    root = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(str(cfg_path.resolve()).encode()).hexdigest()[:16]
+    return root / "streamer" / f"indices-{digest}.msgpack"
+
+
+def _load_indices(files: list[Path], cache_path: Path) -> list[IndexDefinition]:
+    """Every index file loaded, each from the cache when it and its CSV are unchanged (same
+    modification time, size and inode, the test of `make` and of Python's bytecode cache); the
+    cache is rewritten when any was not.  A cache that cannot be read or written is ignored."""
+    if len(files) < DEFINITION_CACHE_MIN_FILES:
+        return [load_index(f) for f in files]
+    loader = _loader_identity()
+    cached: dict[str, _CachedIndex] = {}
+    try:
+        stored = msgspec.msgpack.decode(cache_path.read_bytes(), type=_DefinitionCache)
+        if stored.loader == loader:
+            cached = {e.path: e for e in stored.entries}
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        pass
+    entries: list[_CachedIndex] = []
+    changed = len(cached) != len(files)
+    for f in files:
+        entry = cached.get(str(f))
+        try:
+            fresh = (
+                entry is not None
+                and _stamp(f) == entry.stamp
+                and (not entry.csv_path or _stamp(entry.csv_path) == entry.csv_stamp)
+            )
+        except OSError:
+            fresh = False
+        if entry is None or not fresh:
+            changed = True
+            try:  # stamped before reading: a change while we read shows next time
+                stamp = _stamp(f)
+            except OSError:
+                stamp = (0, 0, 0)
+            definition, csv_name, csv_stamp = _load_index_file(f)
+            entry = _CachedIndex(str(f), stamp, str(csv_name or ""), csv_stamp, definition)
+        entries.append(entry)
+    if changed:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            partial = cache_path.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_bytes(msgspec.msgpack.encode(_DefinitionCache(loader, entries)))
+            os.replace(partial, cache_path)
+        except OSError:
+            pass
+    return [e.definition for e in entries]
+
+
 def load_index(path: Path) -> IndexDefinition:
     """Load one index definition (TOML) and its constituents (inline or a CSV beside it)."""
+    return _load_index_file(path)[0]
+
+
+def _load_index_file(path: Path) -> tuple[IndexDefinition, Path | None, tuple[int, int, int]]:
+    """The definition, its CSV file (None: inline constituents) and the CSV's stamp as it
+    was before it was read ((0, 0, 0) when there is none)."""
     raw = _parse_toml(path)
     try:
         parsed = msgspec.convert(raw, _IndexFile, str_keys=True)
@@ -368,8 +461,13 @@ def load_index(path: Path) -> IndexDefinition:
         field, problem = _explain(exc, _IndexFile)
         where = f"field `{field}`: " if field else ""
         raise ConfigError(f"{path}: {where}{problem}") from None
+    csv_path: Path | None = None
+    csv_stamp = (0, 0, 0)
     if isinstance(parsed.constituents, str):
-        constituents = _read_constituents_csv(path.parent / parsed.constituents)
+        csv_path = path.parent / parsed.constituents
+        with contextlib.suppress(OSError):  # reading it says what is wrong
+            csv_stamp = _stamp(csv_path)
+        constituents = _read_constituents_csv(csv_path)
     else:
         constituents = tuple(parsed.constituents)
     definition = IndexDefinition(
@@ -385,7 +483,7 @@ def load_index(path: Path) -> IndexDefinition:
         source=str(path),
     )
     validate_index(definition)
-    return definition
+    return definition, csv_path, csv_stamp
 
 
 def validate_index(d: IndexDefinition) -> None:
