@@ -318,6 +318,9 @@ class CycleFigures:
     ping_max_ms: float | None = None  # the longest block seen by the probe
     latency_monitor_max_ms: int | None = None
     series_per_cycle: int = 0
+    # The slowest single commands (SLOWLOG, wall time in Redis, so a descheduled Redis shows
+    # too): "NAME us", slowest first; EXEC is not logged, its commands are.
+    slowest_commands: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -588,6 +591,7 @@ def dissemination_cycle(
     client: redis.Redis, host: str, port: int, seconds: float, series: int
 ) -> CycleFigures:
     client.latency_reset()
+    client.slowlog_reset()
     rtts = probe_pings(host, port, seconds)
     figures = CycleFigures(seconds=seconds, pings=len(rtts), series_per_cycle=series)
     if rtts:
@@ -598,6 +602,11 @@ def dissemination_cycle(
     latest = client.latency_latest() or []
     maxima = [int(row[3]) for row in latest if isinstance(row, list | tuple) and len(row) >= 4]
     figures.latency_monitor_max_ms = max(maxima) if maxima else 0
+    slow = sorted(client.slowlog_get(128), key=lambda e: -int(e["duration"]))[:3]
+    figures.slowest_commands = [
+        f"{bytes(e['command']).split(b' ', 1)[0].decode(errors='replace')} {e['duration']}"
+        for e in slow
+    ]
     return figures
 
 
@@ -609,6 +618,7 @@ def private_servers(workdir: Path) -> Iterator[tuple[LocalMosquitto, LocalRedis,
         client = redis.Redis(host=redis_server.host, port=redis_server.port)
         stack.callback(client.close)
         client.config_set("latency-monitor-threshold", 1)
+        client.config_set("slowlog-log-slower-than", 1000)  # us
         yield broker, redis_server, client
 
 
