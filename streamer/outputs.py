@@ -49,6 +49,9 @@ _json = msgspec.json.Encoder()
 # escaping ([A-Za-z0-9._-], checked when the config is loaded).
 _MESSAGE_HEAD = [f'{"{" if k == 0 else ","}"{name}":' for k, name in enumerate(LEVEL_FIELDS)]
 _FIELD_NAMES = [name.encode() for name in LEVEL_FIELDS]
+# The same message as one format: one C-level formatting per series instead of a join of
+# thirteen concatenations.
+_MESSAGE_FORMAT = "".join(head + "%s" for head in _MESSAGE_HEAD) + ',"index":"%s"}'
 
 
 class LevelRecord(msgspec.Struct, gc=False):
@@ -84,13 +87,11 @@ def level_record(level: SeriesLevel, seq: int, publish_ns: int) -> LevelRecord:
             level.coverage,
         )
     ).decode()[1:-1]
-    values = text.split(",")
-    message = "".join(h + v for h, v in zip(_MESSAGE_HEAD, values, strict=True))
-    message += ',"index":"' + level.series + '"}'
+    message = _MESSAGE_FORMAT % (*text.split(","), level.series)
     if "null" in text:
-        values = text.replace("null", "").split(",")
+        text = text.replace("null", "")
     return LevelRecord(
-        level.series, message.encode(), [v.encode() for v in values], level.level, ts_ms
+        level.series, message.encode(), text.encode().split(b","), level.level, ts_ms
     )
 
 

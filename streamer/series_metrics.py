@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +47,8 @@ FAMILIES: tuple[tuple[str, str, str], ...] = (
         "deviation_bps",
     ),
 )
+# Series rendered between two turns of the event loop (~1-2 ms of rendering).
+RENDER_CHUNK = 1_000
 LAST_CLOSE = (
     "streamer_last_close_timestamp_seconds",
     "Scheduled close time of the last official close taken, per series.",
@@ -72,7 +74,7 @@ class SeriesMetrics:
         self._heads = {name: [f'{name}{{index="{s}"}} ' for s in chosen] for name, _, _ in FAMILIES}
         self._heads[LAST_CLOSE[0]] = [f'{LAST_CLOSE[0]}{{index="{s}"}} ' for s in chosen]
         self.last_close_s = np.full(len(self.series), np.nan)
-        self._text: dict[str, str] = {}
+        self._text: dict[str, bytes] = {}
 
     @property
     def count(self) -> int:
@@ -86,30 +88,49 @@ class SeriesMetrics:
 
     def render_family(self, name: str, help_text: str, values: npt.NDArray[np.generic]) -> None:
         """The exposition text of one gauge family from one value per series."""
+        for _ in self._render_steps(name, help_text, values):
+            pass
+
+    def _render_steps(
+        self, name: str, help_text: str, values: npt.NDArray[np.generic]
+    ) -> Iterator[None]:
+        """Render one family ``RENDER_CHUNK`` series at a time, yielding after each chunk (the
+        caller may give the event loop a turn there); the family's text changes at the end."""
         picked = values[self.selected] if len(values) == len(self.selected) else values[:0]
         floats = picked.astype(np.float64, copy=False)
         known = np.isfinite(floats)
         heads = self._heads[name]
-        if known.all():
-            lines = [h + repr(v) for h, v in zip(heads, floats.tolist(), strict=True)]
-        else:
-            lines = [
-                h + repr(v)
-                for h, v, ok in zip(heads, floats.tolist(), known.tolist(), strict=True)
-                if ok
-            ]
-        body = "\n".join(lines)
-        self._text[name] = (
-            f"# HELP {name} {help_text}\n# TYPE {name} gauge\n{body}{chr(10) if body else ''}"
-        )
+        parts = [f"# HELP {name} {help_text}\n# TYPE {name} gauge\n".encode()]
+        for lo in range(0, len(heads), RENDER_CHUNK):
+            hi = lo + RENDER_CHUNK
+            chunk_heads, chunk_values = heads[lo:hi], floats[lo:hi].tolist()
+            if known[lo:hi].all():
+                lines = [h + repr(v) for h, v in zip(chunk_heads, chunk_values, strict=True)]
+            else:
+                lines = [
+                    h + repr(v)
+                    for h, v, ok in zip(
+                        chunk_heads, chunk_values, known[lo:hi].tolist(), strict=True
+                    )
+                    if ok
+                ]
+            if lines:
+                parts.append(("\n".join(lines) + "\n").encode())
+            yield
+        self._text[name] = b"".join(parts)
 
     async def refresh(self, table: SeriesTable) -> None:
-        """Render every family from ``table``, yielding to the event loop between them."""
-        for name, help_text, column in FAMILIES:
-            self.render_family(name, help_text, getattr(table, column))
-            await asyncio.sleep(0)
-        self.render_family(*LAST_CLOSE, self.last_close_s)
+        """Render every family from ``table``, yielding to the event loop after every
+        ``RENDER_CHUNK`` series: a family of 10,000 series rendered at once held the loop
+        for 15-20 ms on a shared 2-core VM."""
+        families = [
+            (name, help_text, getattr(table, column)) for name, help_text, column in FAMILIES
+        ]
+        families.append((*LAST_CLOSE, self.last_close_s))
+        for name, help_text, values in families:
+            for _ in self._render_steps(name, help_text, values):
+                await asyncio.sleep(0)
 
     def text(self) -> bytes:
         """Every family as rendered last (empty before the first refresh)."""
-        return "".join(self._text.values()).encode()
+        return b"".join(self._text.values())

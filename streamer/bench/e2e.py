@@ -487,12 +487,20 @@ class StepRunner:
         self.say = say
         self._dirty = True  # the consumer may still be busy with earlier ticks
 
-    def measure(self, label: str, rate: float, batch: int, fmt: PayloadFormat) -> RateStep:
+    def measure(
+        self,
+        label: str,
+        rate: float,
+        batch: int,
+        fmt: PayloadFormat,
+        partitions: tuple[tuple[str, tuple[int, ...]], ...] = (),
+    ) -> RateStep:
+        """One step; ``partitions``: batches split by shard (see ``Throughput``)."""
         self.say(f"{label}: {rate:,.0f} ticks/s")
         if self._dirty:
             settle(lambda: _total(self.tally.read()), quiet_s=self.plan.quiet_s)
         base = self._read()
-        sent = self.publisher.call(Throughput(rate, self.plan.step_s, batch, fmt))
+        sent = self.publisher.call(Throughput(rate, self.plan.step_s, batch, fmt, partitions))
         at_end = self.tally.read()
         processed, refused = drain(
             self.tally, base, sent.ticks, 10.0 + 3 * self.plan.step_s, self.plan.quiet_s

@@ -155,23 +155,49 @@ def build_scenarios(rng: np.random.Generator) -> list[Scenario]:
     )
     out.append(Scenario("500 symbols / 15 indices", 500, 15, defs))
 
-    n_symbols, n_indices, per_index = 10_000, 2_000, 100
+    n_symbols, n_indices = 10_000, 2_000
+    defs = cap_universe(rng, n_symbols, n_indices)
+    out.append(Scenario("10,000 symbols / 2,000 indices", n_symbols, n_indices, defs))
+    return out
+
+
+MEMBERSHIPS_PER_SYMBOL = 20  # the large universe's shape: one tick moves ~20 indices
+
+
+def cap_universe(
+    rng: np.random.Generator,
+    n_symbols: int,
+    n_indices: int,
+    memberships_per_symbol: int = MEMBERSHIPS_PER_SYMBOL,
+    regions: int = 1,
+    id_format: str = "IX{:04d}",
+) -> list[IndexDefinition]:
+    """Cap-weighted indices of random members, ~``memberships_per_symbol`` per symbol.
+
+    Each index holds ``memberships_per_symbol * n_symbols / n_indices`` random symbols (at
+    most all of its region).  ``regions`` > 1 splits symbols and indices into that many
+    contiguous blocks, index block r drawing only from symbol block r (as a universe sharded
+    by region shares no constituents between shards).  Index ids are ``id_format.format(k)``.
+    """
     names = _symbols(n_symbols)
     prices = rng.uniform(5, 800, n_symbols)
     specs = [_cap_spec(rng, s, float(p)) for s, p in zip(names, prices, strict=True)]
+    region_bounds = np.linspace(0, n_symbols, regions + 1).astype(np.int64)
     defs = []
     for k in range(n_indices):
-        members = rng.choice(n_symbols, per_index, replace=False)
+        region = k * regions // n_indices
+        lo, hi = int(region_bounds[region]), int(region_bounds[region + 1])
+        per_index = max(1, min(hi - lo, round(memberships_per_symbol * n_symbols / n_indices)))
+        members = lo + rng.choice(hi - lo, per_index, replace=False)
         defs.append(
             IndexDefinition(
-                id=f"IX{k:04d}",
+                id=id_format.format(k),
                 method="cap",
                 base_value=1000.0,
                 constituents=tuple(specs[i] for i in sorted(members)),
             )
         )
-    out.append(Scenario("10,000 symbols / 2,000 indices", n_symbols, n_indices, defs))
-    return out
+    return defs
 
 
 FUND_COUNT, FUND_HOLDINGS = 500, 500

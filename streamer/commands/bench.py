@@ -1,4 +1,4 @@
-"""``streamer bench kernel|e2e``: report performance figures."""
+"""``streamer bench kernel|e2e|state|scale``: report performance figures."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import importlib
 
 HELP = (
     "benchmarks: `kernel` (the pure engine), `e2e` (broker -> service -> Redis), `state`, "
-    "`gateway` (SSE clients on streamer gateway)"
+    "`gateway` (SSE clients on streamer gateway), "
+    "`scale` (growing universes; --scale-out: one process vs two shards)"
 )
 
 _TARGETS = {
@@ -15,6 +16,7 @@ _TARGETS = {
     "e2e": "streamer.bench.e2e",
     "state": "streamer.bench.state",
     "gateway": "streamer.bench.gateway",
+    "scale": "streamer.bench.scale",
 }
 
 

@@ -85,6 +85,15 @@ VARIANT_ROWS = {"price": 0, "total": 1, "net": 2}
 
 def check_definitions(definitions: Sequence[IndexDefinition]) -> None:
     """Cross-index checks of a universe: one currency and one seed price per symbol."""
+    # The common case in a few set operations: each symbol with exactly one currency and at
+    # most one distinct seed price.  Otherwise the loop below finds (and names) the problem.
+    symbols = {c.symbol for d in definitions for c in d.constituents}
+    currencies = {(c.symbol, c.currency or d.currency) for d in definitions for c in d.constituents}
+    seeds = {
+        (c.symbol, c.price) for d in definitions for c in d.constituents if c.price is not None
+    }
+    if len(currencies) == len(symbols) and len(seeds) == len({symbol for symbol, _ in seeds}):
+        return
     currency: dict[str, tuple[str, str]] = {}
     seed: dict[str, tuple[float, str]] = {}
     for d in definitions:
@@ -279,11 +288,21 @@ class Engine:
 
     def _load_constituents(self, start_ns: int) -> None:
         book = self.universe.book
-        for d in self.definitions:
-            for c in d.constituents:
-                sid = self.universe.add_symbol(c.symbol, c.currency or d.currency, start_ns)
-                if c.price is not None:
-                    book.price[sid] = c.price
+        # Symbols in order of first appearance (check_definitions made their currency one),
+        # and the last seed price given for each: as the loop over every membership did.
+        currency_of = {
+            c.symbol: c.currency or d.currency for d in reversed(self.definitions)
+            for c in reversed(d.constituents)
+        }  # fmt: skip
+        first_seen = dict.fromkeys(c.symbol for d in self.definitions for c in d.constituents)
+        for symbol in first_seen:
+            self.universe.add_symbol(symbol, currency_of[symbol], start_ns)
+        seeds = {
+            c.symbol: c.price for d in self.definitions for c in d.constituents
+            if c.price is not None
+        }  # fmt: skip
+        if seeds:
+            book.price[book.lookup(list(seeds))] = np.fromiter(seeds.values(), np.float64)
         if self.funds is not None:
             for symbol, currency in self.funds.symbols():
                 self.universe.add_symbol(symbol, currency, start_ns)

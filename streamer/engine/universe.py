@@ -332,26 +332,85 @@ class Universe:
         member starts with.  Returns the sids whose price was seeded here (their first
         price: the caller recomputes the indices that hold them).
         """
-        seeded = self._append(j, specs, seed_ts, fresh_ns, equal_value)
+        columns, seeded = self._new_members(j, specs, seed_ts, fresh_ns, equal_value)
+        if columns:
+            self.members.append(**columns)
         self._rebuild()
         return seeded
 
     def populate(self, members: Sequence[Sequence[ConstituentSpec]], fresh_ns: int) -> None:
-        """Add every index's constituents at once (one rebuild): index j gets members[j]."""
-        for j, specs in enumerate(members):
-            self._append(j, specs, 0, fresh_ns, None)
+        """Add every index's constituents at once (one append, one rebuild): index j gets
+        members[j].  Appending index by index copied the membership so far each time: 36 s
+        for 10,000 indices of 40 members; columns built per index, 2 s."""
+        if not self._populate_columns(members):
+            parts = [self._new_members(j, specs, 0, fresh_ns, None)[0]
+                     for j, specs in enumerate(members)]  # fmt: skip
+            parts = [p for p in parts if p]
+            if parts:
+                self.members.append(
+                    **{name: np.concatenate([p[name] for p in parts]) for name in MEMBER_COLUMNS}
+                )
         self._rebuild()
 
-    def _append(
+    def _populate_columns(self, members: Sequence[Sequence[ConstituentSpec]]) -> bool:
+        """The common case of :meth:`populate`, one column at a time over every index: every
+        symbol already known and priced (no seeding).  False (nothing changed) otherwise."""
+        flat = [spec for specs in members for spec in specs]
+        if not flat:
+            return True
+        book = self.book
+        sids = book.lookup([spec.symbol for spec in flat])
+        if (sids < 0).any() or np.isnan(book.price[sids]).any():
+            return False
+        n = len(flat)
+        counts = np.fromiter(map(len, members), np.int64, len(members))
+        index = np.repeat(np.arange(len(members), dtype=np.int64), counts)
+        shares = np.fromiter((spec.shares for spec in flat), np.float64, n)
+        iwf = np.fromiter((spec.iwf for spec in flat), np.float64, n)
+        awf = np.fromiter((spec.awf for spec in flat), np.float64, n)
+        withholding = np.fromiter((spec.withholding for spec in flat), np.float64, n)
+        q = np.empty(n)
+        by_weighting: dict[int, list[int]] = {}
+        for j, weighting in enumerate(self.weightings[: len(members)]):
+            by_weighting.setdefault(id(weighting), []).append(j)
+        for js in by_weighting.values():
+            rows = np.isin(index, js)
+            q[rows] = self.weightings[js[0]].q(shares[rows], iwf[rows], awf[rows])
+        # FX slots per (constituent currency, index currency) pair, not per entry.
+        codes: dict[str, int] = {}
+        symbol_code = np.fromiter(
+            (codes.setdefault(c, len(codes)) for c in book.currency), np.int64, len(book)
+        )
+        index_code = np.fromiter(
+            (codes.setdefault(c, len(codes)) for c in self.index_currencies), np.int64,
+            len(self.index_currencies),
+        )  # fmt: skip
+        names = list(codes)
+        pair = symbol_code[sids] * len(names) + index_code[index]
+        pairs, positions = np.unique(pair, return_inverse=True)
+        slots = np.array(
+            [self.fx.slot(names[k // len(names)], names[k % len(names)]) for k in pairs.tolist()],
+            dtype=np.int64,
+        )
+        fx_slot = slots[positions.reshape(-1)]
+        self.members.append(
+            sid=sids, index=index, shares=shares, iwf=iwf, awf=awf,
+            withholding=withholding, q=q, fx_slot=fx_slot,
+        )  # fmt: skip
+        return True
+
+    def _new_members(
         self,
         j: int,
         specs: Sequence[ConstituentSpec],
         seed_ts: int,
         fresh_ns: int,
         equal_value: float | None,
-    ) -> list[int]:
+    ) -> tuple[dict[str, npt.NDArray[np.generic]], list[int]]:
+        """The membership columns of ``specs`` in index j (not yet appended), and the sids
+        whose price they seeded."""
         if not specs:
-            return []
+            return {}, []
         book = self.book
         seeded: list[int] = []
         sids = []
@@ -376,17 +435,17 @@ class Universe:
         if equal_value is not None:
             unit = book.price[sids] * self.fx.factor[fx_slot]
             q = equal_value / unit
-        self.members.append(
-            sid=np.array(sids, dtype=np.int64),
-            index=np.full(len(sids), j, dtype=np.int64),
-            shares=shares,
-            iwf=iwf,
-            awf=awf,
-            withholding=np.array([s.withholding for s in specs], dtype=np.float64),
-            q=q,
-            fx_slot=fx_slot,
-        )
-        return seeded
+        columns: dict[str, npt.NDArray[np.generic]] = {
+            "sid": np.array(sids, dtype=np.int64),
+            "index": np.full(len(sids), j, dtype=np.int64),
+            "shares": shares,
+            "iwf": iwf,
+            "awf": awf,
+            "withholding": np.array([s.withholding for s in specs], dtype=np.float64),
+            "q": q,
+            "fx_slot": fx_slot,
+        }
+        return columns, seeded
 
     def remove(self, j: int, sid: int | None = None) -> None:
         """Remove symbol ``sid`` from index j, or every member of j."""

@@ -55,6 +55,9 @@ class Throughput:
     duration_s: float
     batch: int = 1
     fmt: PayloadFormat = "json"
+    # Batches partitioned by the producer: (topic, symbol ids) per shard, each batch of one
+    # shard's symbols on its topic (empty: every symbol's ticks on ticks/batch).
+    partitions: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,15 @@ class BenchPublisher:
         self.publisher.publish_packets(fx + ticks)
         return Sent(len(ticks), len(fx) + len(ticks), time.perf_counter() - started, ts)
 
-    def pool(self, batch: int, fmt: PayloadFormat) -> list[bytes]:
+    def pool(
+        self,
+        batch: int,
+        fmt: PayloadFormat,
+        partitions: tuple[tuple[str, tuple[int, ...]], ...] = (),
+    ) -> list[bytes]:
         """A cycle of ready PUBLISH packets (see the module doc for why it may repeat)."""
+        if partitions and batch > 1:
+            return self._partitioned_pool(batch, fmt, partitions)
         market = GbmMarket(self.universe, seed=self.seed)
         n = market.size
         total = max(_POOL_TICKS, n) if batch == 1 else _POOL_BATCHES * batch
@@ -135,8 +145,47 @@ class BenchPublisher:
             for i in range(0, total - batch + 1, batch)
         ]
 
+    def _partitioned_pool(
+        self, batch: int, fmt: PayloadFormat, partitions: tuple[tuple[str, tuple[int, ...]], ...]
+    ) -> list[bytes]:
+        """Batches of each partition's symbols on its own topic, the partitions taking turns
+        in proportion to their sizes (so each shard gets its share of the rate)."""
+        market = GbmMarket(self.universe, seed=self.seed)
+        encode_any = (msgspec.json.Encoder() if fmt == "json" else msgspec.msgpack.Encoder()).encode
+        names = self.universe.symbols
+        ts = time.time_ns()
+        sizes = np.array([len(ids) for _, ids in partitions], dtype=np.float64)
+        per_partition = np.maximum(1, np.round(_POOL_BATCHES * sizes / sizes.sum())).astype(int)
+        queues: list[list[bytes]] = []
+        for (topic, symbol_ids), count in zip(partitions, per_partition.tolist(), strict=True):
+            members = np.asarray(symbol_ids, dtype=np.int64)
+            total = count * batch
+            ids = members[np.arange(total) % len(members)]
+            chunk = market.step(ids, np.linspace(0.0, _POOL_SPAN_S, total))
+            objects = [
+                {"symbol": names[i], "price": p, "ts": ts}
+                for i, p in zip(ids.tolist(), chunk.prices.tolist(), strict=True)
+            ]
+            raw_topic = topic.encode()
+            queues.append(
+                [
+                    publish_packet(raw_topic, encode_any(objects[i : i + batch]))
+                    for i in range(0, total, batch)
+                ]
+            )
+        # Interleave: packet k of a partition with n packets goes out at position k / n.
+        order = sorted(
+            ((k / len(q), p) for p, q in enumerate(queues) for k in range(len(q))),
+        )
+        cursors = [0] * len(queues)
+        out = []
+        for _, p in order:
+            out.append(queues[p][cursors[p]])
+            cursors[p] += 1
+        return out
+
     def throughput(self, command: Throughput) -> Sent:
-        pool = self.pool(command.batch, command.fmt)
+        pool = self.pool(command.batch, command.fmt, command.partitions)
         cursor = 0
 
         def send(due: int) -> None:
