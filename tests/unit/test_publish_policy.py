@@ -106,7 +106,7 @@ def test_level_commands_are_what_pack_makes_of_them() -> None:
     ``pack`` makes of the same arguments, for known and unknown (NaN) values."""
     from streamer.engine.results import SeriesLevel
     from streamer.outputs import level_fields, level_record
-    from streamer.publish import _hset_head, _level_hset, _level_publish, _publish_head
+    from streamer.publish.writer import _hset_head, _level_hset, _level_publish, _publish_head
     from streamer.redis_pipe import pack
 
     key, channel = b"streamer:index:IX1.TR", b"streamer:levels:IX1.TR"
