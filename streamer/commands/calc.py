@@ -125,6 +125,13 @@ def main(args: argparse.Namespace) -> int:
     chunk: list[RawMessage] = []
 
     def flush() -> None:
+        if args.every and chunk and pipeline.market_now > 0:
+            # Actions due before this message fire on a step of their own, as they do live
+            # (where the clock reaches their effective time between messages): the levels
+            # right after them are levels the service can publish.
+            before = chunk[-1][2] - 1
+            if before > pipeline.market_now:
+                _report_changes(engine, pipeline, engine.advance(before), out, args)
         while chunk or len(pipeline):
             step = pipeline.step(chunk, chunk[-1][2] if chunk else pipeline.market_now)
             chunk.clear()
