@@ -560,17 +560,31 @@ def _load_index_file(path: Path) -> tuple[IndexDefinition, Path | None, tuple[in
     return definition, csv_path, csv_stamp
 
 
+def definition_failure(source: str, definition_id: str) -> Callable[[str, str], ConfigError]:
+    """The error of a definition's field: one line naming the file (or the id) and field."""
+
+    def fail(field: str, problem: str) -> ConfigError:
+        return ConfigError(f"{source or repr(definition_id)}: field `{field}`: {problem}")
+
+    return fail
+
+
+def check_identity(
+    definition_id: str, name: str, currency: str, fail: Callable[[str, str], ConfigError]
+) -> None:
+    """What every definition (index or fund) checks the same way: its id, name, currency."""
+    if not INDEX_ID_PATTERN.fullmatch(definition_id):
+        raise fail("id", f"{definition_id!r} must match [A-Za-z0-9._-]{{1,64}}")
+    if not name.isprintable():
+        raise fail("name", f"must be one line of printable text, got {name!r}")
+    _check_currency(currency, lambda p: fail("currency", p))
+
+
 def validate_index(d: IndexDefinition) -> None:
     """Semantic checks msgspec's types cannot express; raises ConfigError naming the field."""
 
-    def fail(field: str, problem: str) -> ConfigError:
-        return ConfigError(f"{d.source or repr(d.id)}: field `{field}`: {problem}")
-
-    if not INDEX_ID_PATTERN.fullmatch(d.id):
-        raise fail("id", f"{d.id!r} must match [A-Za-z0-9._-]{{1,64}}")
-    if not d.name.isprintable():
-        raise fail("name", f"must be one line of printable text, got {d.name!r}")
-    _check_currency(d.currency, lambda p: fail("currency", p))
+    fail = definition_failure(d.source, d.id)
+    check_identity(d.id, d.name, d.currency, fail)
     if d.calendar is not None:
         calendar_problem = validate_calendar_name(d.calendar)
         if calendar_problem:

@@ -30,10 +30,11 @@ from typing import Any
 import msgspec
 
 from streamer.config import (
-    INDEX_ID_PATTERN,
     MAX_PUBLISH_INTERVAL_MS,
     IndexDefinition,
     check_currency_code,
+    check_identity,
+    definition_failure,
     explain_validation_error,
     parse_toml_file,
     read_text_file,
@@ -147,14 +148,8 @@ def validate_basket(basket: Basket, fail: Any) -> None:
 def validate_fund(d: FundDefinition) -> None:
     """Checks of one fund on its own; raises ConfigError naming the field."""
 
-    def fail(field: str, problem: str) -> ConfigError:
-        return ConfigError(f"{d.source or repr(d.id)}: field `{field}`: {problem}")
-
-    if not INDEX_ID_PATTERN.fullmatch(d.id):
-        raise fail("id", f"{d.id!r} must match [A-Za-z0-9._-]{{1,64}}")
-    if not d.name.isprintable():
-        raise fail("name", f"must be one line of printable text, got {d.name!r}")
-    check_currency_code(d.currency, lambda p: fail("currency", p))
+    fail = definition_failure(d.source, d.id)
+    check_identity(d.id, d.name, d.currency, fail)
     listing_problem = validate_symbol(d.listing)
     if listing_problem:
         raise fail("listing", listing_problem)

@@ -24,7 +24,7 @@ import msgspec
 from streamer.engine.funds import FundLevel, NavRecord
 from streamer.fund_config import FundDefinition
 from streamer.keys import KeyLayout
-from streamer.outputs import SCHEMA_VERSION, LevelRecord
+from streamer.outputs import SCHEMA_VERSION, LevelRecord, redis_row
 
 FUND_KIND = "fund"
 FUND_FIELDS = (
@@ -71,14 +71,6 @@ def _number(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _text(value: Any) -> bytes:
-    if value is None:
-        return b""
-    if isinstance(value, float):
-        return repr(value).encode() if math.isfinite(value) else b""
-    return str(value).encode()
-
-
 def fund_fields(level: FundLevel, seq: int, publish_ns: int) -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION,
@@ -106,9 +98,7 @@ def fund_record(level: FundLevel, seq: int, publish_ns: int) -> tuple[LevelRecor
     array) and its hash/stream fields: name, value, ..."""
     values = fund_fields(level, seq, publish_ns)
     message = _json.encode({**values, "fund": level.fund})
-    fields: list[bytes] = []
-    for name, value in values.items():
-        fields += (name.encode(), _text(value))
+    fields = redis_row(values)
     record = LevelRecord(level.fund, message, [], level.inav, publish_ns // 1_000_000)
     return record, fields
 
@@ -134,10 +124,7 @@ def nav_fields(record: NavRecord) -> dict[str, Any]:
 
 
 def nav_row(record: NavRecord) -> list[bytes]:
-    row: list[bytes] = []
-    for name, value in nav_fields(record).items():
-        row += (name.encode(), _text(value))
-    return row
+    return redis_row(nav_fields(record))
 
 
 def parse_fund_messages(payload: bytes | str) -> list[dict[str, Any]]:

@@ -119,7 +119,7 @@ def parse_levels_message(payload: bytes | str) -> list[dict[str, Any]]:
     return [item for item in items if isinstance(item, dict) and "index" in item]
 
 
-def _text(value: Any) -> bytes:
+def redis_text(value: Any) -> bytes:
     """A field value as Redis text: "" for unknown, shortest round trip for floats."""
     if value is None:
         return b""
@@ -153,7 +153,7 @@ def audit_row(record: AuditRecord, publish_ns: int) -> list[str]:
     fields: name, value, ...  Text, not bytes: Redis's Lua MessagePack reads no bin type."""
     row = [f"{record.action_id}|{record.index}"]
     for name, value in audit_fields(record, publish_ns).items():
-        row += (name, _text(value).decode())
+        row += (name, redis_text(value).decode())
     return row
 
 
@@ -173,9 +173,14 @@ def close_fields(record: CloseRecord) -> dict[str, Any]:
 
 
 def close_row(record: CloseRecord) -> list[bytes]:
+    return redis_row(close_fields(record))
+
+
+def redis_row(fields: dict[str, Any]) -> list[bytes]:
+    """name, value, name, value, ... as Redis text (:func:`redis_text`), for HSET and XADD."""
     row: list[bytes] = []
-    for name, value in close_fields(record).items():
-        row += (name.encode(), _text(value))
+    for name, value in fields.items():
+        row += (name.encode(), redis_text(value))
     return row
 
 
@@ -202,10 +207,10 @@ def bar_row(bar: Bar) -> list[bytes]:
     return [
         b"schema", _SCHEMA,
         b"t", b"%d" % bar.minute_ms,
-        b"o", _text(bar.open),
-        b"h", _text(bar.high),
-        b"l", _text(bar.low),
-        b"c", _text(bar.close),
+        b"o", redis_text(bar.open),
+        b"h", redis_text(bar.high),
+        b"l", redis_text(bar.low),
+        b"c", redis_text(bar.close),
         b"n", b"%d" % bar.updates,
     ]  # fmt: skip
 
