@@ -44,6 +44,9 @@ def configure_logging(fmt: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # matplotlib (the tracking chart) says at INFO that it built its font cache, on a new
+    # machine's first chart: not ours to report.
+    logging.getLogger("matplotlib").setLevel(max(root.level, logging.WARNING))
 
 
 def _load(name: str) -> ModuleType:

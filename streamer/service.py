@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 from streamer.backoff import Backoff, reraise_if_cancelled
 from streamer.config import Settings, redact_url
 from streamer.endpoints import parse_listen_address, parse_redis_url
-from streamer.engine import BatchResult, Engine, SeriesLevel
+from streamer.engine import BatchResult, Engine, LevelColumns
 from streamer.engine.funds import FundLevel
 from streamer.engine.snapshot import restore
 from streamer.errors import StateError, StreamerError
@@ -217,8 +217,8 @@ class Service:
     def _fund_levels(self, funds: Iterable[str] | None) -> list[FundLevel]:
         return self.engine.fund_levels(funds, now=self.market_time())
 
-    def _levels(self, series: Iterable[str] | None) -> list[SeriesLevel]:
-        return self.engine.levels(series, now=self.market_time())
+    def _levels(self, series: Iterable[str] | None) -> LevelColumns:
+        return self.engine.level_columns(series, now=self.market_time())
 
     def market_time(self) -> int:
         """The market clock: the wall clock, or (data clock) the newest data."""

@@ -39,6 +39,7 @@ from streamer.engine.results import (
     AuditRecord,
     BatchResult,
     CloseRecord,
+    LevelColumns,
     SeriesLevel,
     SeriesTable,
 )
@@ -232,6 +233,7 @@ class Engine:
             self._series_of_index[j].append(s)
         # The series of each index once it is established (a divisor, once set, stays set).
         self._publishable_series: list[list[str]] = [[] for _ in range(n)]
+        self._publishable_index: Mask = np.zeros(n, dtype=np.bool_)  # the same, per index
         self._series_index = np.array([j for _, j, _ in self.series], dtype=np.int64)
         # 0 price, 1 total, 2 net: rows of the level stacks in series_table.
         self._series_variant = np.array(
@@ -331,6 +333,7 @@ class Engine:
         established = ~np.isnan(self.divisor)
         for j in range(self.n_indices):
             self._publishable_series[j] = self._series_of_index[j] if established[j] else []
+        self._publishable_index = established.copy()
         self._maybe_unestablished = not bool(established.all())
         self._row_cache.clear()
         self._stale_counts = None
@@ -887,6 +890,7 @@ class Engine:
         self.returns.start(candidates, self.sums[candidates] / self.divisor[candidates])
         for j in candidates.tolist():
             self._publishable_series[j] = self._series_of_index[j]
+        self._publishable_index[candidates] = True
         self._row_cache.clear()  # rows list the series of established indices
         self._mark_dirty(candidates)
         self._maybe_unestablished = bool(np.isnan(self.divisor).any())
@@ -1365,63 +1369,61 @@ class Engine:
     def levels(
         self, series: Iterable[str] | None = None, *, now: int | None = None
     ) -> list[SeriesLevel]:
+        """:meth:`level_columns`, one :class:`SeriesLevel` per series."""
+        return self.level_columns(series, now=now).rows()
+
+    def level_columns(
+        self, series: Iterable[str] | None = None, *, now: int | None = None
+    ) -> LevelColumns:
         """Published fields of every established series (or of those named), in series order,
         with staleness at market time ``now`` (default: the latest the engine was given).
 
         Publishing metadata is settled here, once per publish cycle rather than per batch:
         the vector path's pending newest-tick stamps are folded in, and stale counts are
-        recounted only if some constituent became stale or fresh since the last read."""
-        picks: Iterable[int]
+        recounted only if some constituent became stale or fresh since the last read.  Every
+        field is computed a column at a time: no Python work per series but its id."""
         if series is None:
-            picks = range(len(self.series))
+            picks = np.arange(len(self.series), dtype=np.int64)
         else:
             position = self._series_position
-            picks = sorted({position[s] for s in series if s in position})
-        chosen = [self.series[k] for k in picks if self._publishable_series[self.series[k][1]]]
-        if not chosen:
-            return []
-        js = np.array(sorted({j for _, j, _ in chosen}), dtype=np.int64)
+            wanted = [position[s] for s in series if s in position]
+            picks = np.unique(np.array(wanted, dtype=np.int64))
+        picks = picks[self._publishable_index[self._series_index[picks]]]
+        if not len(picks):
+            return LevelColumns.empty()
+        series_js = self._series_index[picks]
+        js, slot = np.unique(series_js, return_inverse=True)
         stale = self._stale_per_index(self.now if now is None else now).take(js)
         self._last_stale[js] = stale
         newest = self._newest_per_index().take(js)
         divisor = self.divisor.take(js)
         pr = self.sums.take(js) / divisor
         returns = self.returns
-        level_by_variant = {
-            "price": pr.tolist(),
-            "total": returns.total(pr, js).tolist(),
-            "net": returns.net(pr, js).tolist(),
-        }
-        close_by_variant = {
-            "price": returns.pr_close.take(js).tolist(),
-            "total": returns.tr_close.take(js).tolist(),
-            "net": returns.ntr_close.take(js).tolist(),
-        }
-        slot = {j: k for k, j in enumerate(js.tolist())}
-        counts = self.universe.members.count
-        divisors, count_list = divisor.tolist(), counts.take(js).tolist()
-        stale_list, newest_list = stale.tolist(), newest.tolist()
-        out = []
-        for s, j, variant in chosen:
-            k = slot[j]
-            level = level_by_variant[variant][k]
-            prev_close = close_by_variant[variant][k]
-            count, stale_count = count_list[k], stale_list[k]
-            out.append(
-                SeriesLevel(
-                    series=s,
-                    level=level,
-                    divisor=divisors[k],
-                    source_ts=newest_list[k],
-                    prev_close=prev_close,
-                    change=level - prev_close,
-                    change_pct=(level / prev_close - 1.0) * 100.0 if prev_close else math.nan,
-                    stale=stale_count,
-                    coverage=(count - stale_count) / count if count else 0.0,
-                    constituents=count,
-                )
+        with np.errstate(divide="ignore", invalid="ignore"):
+            by_variant = np.stack([pr, returns.total(pr, js), returns.net(pr, js)])
+            close_by_variant = np.stack(
+                [returns.pr_close.take(js), returns.tr_close.take(js), returns.ntr_close.take(js)]
             )
-        return out
+            rows = self._series_variant[picks]
+            level = by_variant[rows, slot]
+            prev_close = close_by_variant[rows, slot]
+            change = level - prev_close
+            change_pct = np.where(prev_close != 0.0, (level / prev_close - 1.0) * 100.0, np.nan)
+            count = self.universe.members.count.take(js)[slot]
+            stale_count = stale[slot]
+            coverage = np.where(count != 0, (count - stale_count) / np.maximum(count, 1), 0.0)
+        return LevelColumns(
+            series=self._series_names[picks].tolist(),
+            level=level,
+            divisor=divisor[slot],
+            source_ts=newest[slot],
+            prev_close=prev_close,
+            change=change,
+            change_pct=change_pct,
+            stale=stale_count,
+            coverage=coverage,
+            constituents=count,
+        )
 
     def _stale_per_index(self, now: int) -> I64:
         """Stale constituents of every index (no tick for stale_after_s, or no price yet).

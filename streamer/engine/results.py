@@ -92,6 +92,73 @@ class SeriesLevel(msgspec.Struct, frozen=True, gc=False):
     constituents: int
 
 
+@dataclass(frozen=True, slots=True)
+class LevelColumns:
+    """Published fields of several series at one moment, a column each, in series order:
+    the publish path formats them a column at a time (a :class:`SeriesLevel` per series
+    and cycle was most of a cycle's cost at 2,000 series); :meth:`rows` gives them one by
+    one.  Each series appears once."""
+
+    series: list[str]
+    level: npt.NDArray[np.float64]
+    divisor: npt.NDArray[np.float64]
+    source_ts: npt.NDArray[np.int64]
+    prev_close: npt.NDArray[np.float64]
+    change: npt.NDArray[np.float64]
+    change_pct: npt.NDArray[np.float64]
+    stale: npt.NDArray[np.int64]
+    coverage: npt.NDArray[np.float64]
+    constituents: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.series)
+
+    def rows(self) -> list[SeriesLevel]:
+        return [
+            SeriesLevel(*fields)
+            for fields in zip(
+                self.series,
+                self.level.tolist(),
+                self.divisor.tolist(),
+                self.source_ts.tolist(),
+                self.prev_close.tolist(),
+                self.change.tolist(),
+                self.change_pct.tolist(),
+                self.stale.tolist(),
+                self.coverage.tolist(),
+                self.constituents.tolist(),
+                strict=True,
+            )
+        ]
+
+    @classmethod
+    def of_rows(cls, levels: Sequence[SeriesLevel]) -> LevelColumns:
+        """The columns of levels made one by one (tests, tools)."""
+
+        def floats(name: str) -> npt.NDArray[np.float64]:
+            return np.array([getattr(level, name) for level in levels], dtype=np.float64)
+
+        def ints(name: str) -> npt.NDArray[np.int64]:
+            return np.array([getattr(level, name) for level in levels], dtype=np.int64)
+
+        return cls(
+            [level.series for level in levels],
+            floats("level"),
+            floats("divisor"),
+            ints("source_ts"),
+            floats("prev_close"),
+            floats("change"),
+            floats("change_pct"),
+            ints("stale"),
+            floats("coverage"),
+            ints("constituents"),
+        )
+
+    @classmethod
+    def empty(cls) -> LevelColumns:
+        return cls.of_rows([])
+
+
 Outcomes = defaultdict[tuple[str, str], int]
 
 

@@ -17,7 +17,7 @@ import hiredis
 import numpy as np
 
 from streamer.backoff import Backoff, reraise_if_cancelled
-from streamer.engine import AuditRecord, SeriesLevel
+from streamer.engine import AuditRecord, LevelColumns
 from streamer.engine.funds import FundLevel
 from streamer.fund_outputs import InavSchedule
 from streamer.lease import ROLES, LeaseState, Role
@@ -52,7 +52,7 @@ RedisState = Literal["connected", "unreachable", "refusing_writes"]
 REDIS_STATES: tuple[RedisState, ...] = ("connected", "unreachable", "refusing_writes")
 
 
-LevelSource = Callable[[Iterable[str] | None], list[SeriesLevel]]
+LevelSource = Callable[[Iterable[str] | None], LevelColumns]
 DirectorySource = Callable[[], dict[str, bytes]]
 
 
@@ -61,7 +61,7 @@ class InFlight:
     """A cycle written to Redis and not yet acknowledged."""
 
     sent: Sent
-    levels: list[SeriesLevel]
+    levels: LevelColumns
     audit: list[AuditRecord]
     closes: list[OfficialRecord]
     receipts: list[int]
@@ -219,7 +219,7 @@ class PublishLoop:
         # older than a level it goes out with.
         levels = self._levels(None if everything else dirty)
         if everything:
-            self.cap.published_all((level.series for level in levels), now)
+            self.cap.published_all(levels.series, now)
         funds = self._due_funds(everything, now)
         checkpoint = self.checkpoints.take(force=force_checkpoint or bool(acks) or bool(audit))
         directory = None
@@ -570,7 +570,7 @@ class PublishLoop:
         return [] if self._fund_levels is None else [f.fund for f in self._fund_levels(None)]
 
     def _all_series(self) -> list[str]:
-        return [level.series for level in self._levels(None)]
+        return self._levels(None).series
 
 
 def _failure(ack: asyncio.Future[Reply]) -> BaseException | None:

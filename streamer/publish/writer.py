@@ -5,35 +5,25 @@ history, bars, audit and close records, checkpoints), guarded by the writer leas
 from __future__ import annotations
 
 import asyncio
-import math
+import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import msgspec
 from redis.exceptions import RedisError
 
 from streamer.endpoints import RedisEndpoint
-from streamer.engine import AuditRecord, SeriesLevel
+from streamer.engine import AuditRecord, LevelColumns, SeriesLevel
 from streamer.engine.funds import FundLevel, NavRecord
 from streamer.errors import StreamerError
 from streamer.fund_outputs import fund_record, nav_row
 from streamer.keys import KeyLayout
 from streamer.lease import ACQUIRE_LUA, RELEASE_LUA, RENEW_LUA
-from streamer.outputs import LEVEL_FIELDS as _LEVEL_FIELDS
-from streamer.outputs import (
-    Bar,
-    LevelRecord,
-    audit_row,
-    bar_row,
-    batch_message,
-    close_row,
-    level_fields,
-    level_record,
-)
+from streamer.outputs import audit_row, close_row
 from streamer.persistence.checkpoint import Blobs
+from streamer.publish.level_writes import ChannelInterest, LevelWrites
 from streamer.publish.outbox import OfficialRecord
 from streamer.publish.policy import HistoryPolicy
 from streamer.redis_clients import SlotRouter
@@ -62,11 +52,22 @@ for _, row in ipairs(cmsgpack.unpack(ARGV[2])) do
 end
 return 1
 """
-# A checkpoint (KEYS: structure, market, meta, revision): the structural part (when it
-# changed) and the market part, which is written only over the structure of its own
-# revision, so a reader never finds the two mixed.
+# A checkpoint (KEYS: structure, market, meta, revision, incoming structure): the structural
+# part (when it changed) and the market part, which is written only over the structure of its
+# own revision, so a reader never finds the two mixed.  A large structure (ARGV[5]: its
+# length) was written beforehand in slices to KEYS[5] (one SET of 26 MB inside this script
+# held Redis for 85-102 ms at 20,000 x 10,000) and is renamed into place here, in O(1); if it
+# is not all there (Redis restarted, the key expired) nothing is written and the writer sends
+# the checkpoint again.
 STATE_LUA = b"""#!lua
-if ARGV[2] ~= '' then
+if ARGV[5] ~= '' then
+  if redis.call('STRLEN', KEYS[5]) ~= tonumber(ARGV[5]) then
+    return 0
+  end
+  redis.call('RENAME', KEYS[5], KEYS[1])
+  redis.call('PERSIST', KEYS[1])
+  redis.call('SET', KEYS[4], ARGV[1])
+elseif ARGV[2] ~= '' then
   redis.call('SET', KEYS[1], ARGV[2])
   redis.call('SET', KEYS[4], ARGV[1])
 end
@@ -77,6 +78,11 @@ redis.call('SET', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[3], ARGV[4])
 return 2
 """
+# A checkpoint structure larger than this is written in slices of this size before its cycle,
+# each a short command (about 0.1 ms of Redis per slice).
+STRUCTURE_SLICE = 512 * 1024
+# How long an incoming structure may wait for its cycle (a writer that died leaves it behind).
+INCOMING_TTL_MS = 600_000
 CHECKPOINT_WRITTEN = 2
 # An official close (KEYS: its series' closes stream; ARGV: the scheduled close in ms, the
 # stream's cap, then the fields): its entry id is the close time, so a close written twice (a
@@ -101,35 +107,6 @@ class FencedError(PublishError):
     """The writer lease is no longer ours: another replica publishes now."""
 
 
-# A level's HSET and PUBLISH as RESP, each from one format (what ``pack`` makes of the same
-# arguments, byte for byte): packing them argument by argument was the largest part of a
-# publish cycle in the service (a third of its time at 2,000 series).
-_HSET_FIELDS_FORMAT = b"".join(
-    b"$%d\r\n%s\r\n" % (len(name), name) + b"$%d\r\n%s\r\n"
-    for name in (field.encode() for field in _LEVEL_FIELDS)
-)
-
-
-def _hset_head(key: bytes) -> bytes:
-    return b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * len(_LEVEL_FIELDS), len(key), key)
-
-
-def _publish_head(channel: bytes) -> bytes:
-    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n" % (len(channel), channel)
-
-
-def _level_hset(head: bytes, values: list[bytes]) -> bytes:
-    """HSET of a level's fields (``head``: from :func:`_hset_head`)."""
-    return head + _HSET_FIELDS_FORMAT % tuple(
-        chain.from_iterable(zip(map(len, values), values, strict=True))
-    )
-
-
-def _level_publish(head: bytes, message: bytes) -> bytes:
-    """PUBLISH of a level's message (``head``: from :func:`_publish_head`)."""
-    return head + b"$%d\r\n%s\r\n" % (len(message), message)
-
-
 class _Names:
     """The key layout's names as bytes, made once per series (the hot path formats none)."""
 
@@ -138,9 +115,11 @@ class _Names:
         self.levels = layout.levels_channel().encode()
         self.actions = [layout.actions().encode(), layout.actions_written().encode()]
         self.state = [key.encode() for key in layout.state_keys()]  # STATE_PARTS order
+        # Where this writer puts a large structure before its cycle: its own key (a fenced
+        # writer's slices never mix with the leader's), in the same slot as the state.
+        self.incoming = self.state[0] + b":incoming:" + secrets.token_hex(6).encode()
         self.directory = layout.directory().encode()
         self._series: dict[str, tuple[bytes, bytes, bytes, bytes, bytes]] = {}
-        self._heads: dict[str, tuple[bytes, bytes]] = {}
         self._funds: dict[str, tuple[bytes, bytes, bytes]] = {}
 
     def of_fund(self, fund: str) -> tuple[bytes, bytes, bytes]:
@@ -172,37 +151,32 @@ class _Names:
             )
         return names
 
-    def heads(self, series: str) -> tuple[bytes, bytes]:
-        """The RESP heads of a series' HSET (its hash) and PUBLISH (its channel)."""
-        heads = self._heads.get(series)
-        if heads is None:
-            index_key, channel = self.of(series)[:2]
-            heads = self._heads[series] = (_hset_head(index_key), _publish_head(channel))
-        return heads
-
 
 class _Transaction:
     """One MULTI ... EXEC being built."""
 
-    __slots__ = ("commands", "state_at")
+    __slots__ = ("commands", "count", "state_at")
 
     def __init__(self) -> None:
         self.commands: list[bytes] = [b"*1\r\n$5\r\nMULTI\r\n"]
+        self.count = 0  # commands queued
         self.state_at = -1  # position of the checkpoint script's reply in EXEC's array
 
     def __len__(self) -> int:
-        return len(self.commands) - 1
+        return self.count
 
     def add(self, *args: bytes) -> None:
         self.commands.append(pack(*args))
+        self.count += 1
 
-    def add_packed(self, command: bytes) -> None:
-        """A command already in RESP."""
-        self.commands.append(command)
+    def add_packed(self, commands: bytes, count: int = 1) -> None:
+        """``count`` commands already in RESP."""
+        self.commands.append(commands)
+        self.count += count
 
     def packed(self) -> tuple[bytes, int]:
         """The request and how many replies it gets (OK, one QUEUED per command, EXEC)."""
-        return b"".join([*self.commands, b"*1\r\n$4\r\nEXEC\r\n"]), len(self.commands) + 1
+        return b"".join([*self.commands, b"*1\r\n$4\r\nEXEC\r\n"]), self.count + 2
 
 
 @dataclass(slots=True)
@@ -237,7 +211,13 @@ class RedisPublisher:
         self.actions_maxlen = actions_maxlen
         self.history = history or HistoryPolicy()
         self._clock = clock
-        self._seq: dict[str, int] = {}
+        self._seq: dict[str, int] = {}  # of funds; index series' are in self.levels
+        # Interest in the series channels is asked of Redis; a cluster's nodes each know only
+        # their own subscribers, so there every channel is written.
+        self._interest = ChannelInterest(keys.levels_channel().encode() + b":")
+        self._interest_asked = 0.0  # monotonic s
+        self.levels = LevelWrites(keys, self._interest)
+        self._history_due: dict[str, int] = {}  # fund -> ms when its next raw entry is due
         self.sequences_loaded = False
         self._pipe = CommandPipe(endpoint, clock)
         # The directory is one key for every shard: on a cluster it is in another slot, maybe
@@ -254,10 +234,6 @@ class RedisPublisher:
         # request between its WATCH and its EXEC: a lease renewal there would fire the WATCH.
         self._writing = asyncio.Lock()
         self._opening = asyncio.Lock()
-        self._history_due: dict[str, int] = {}  # series -> ms when its next raw entry is due
-        self._bars: dict[str, Bar] = {}
-        self._bars_minute = 0  # the minute the bars being built are of
-        self._pending_bars: list[tuple[str, Bar]] = []  # finished, to write
         self.exec_errors = 0  # command errors inside transactions (e.g. a foreign key type)
 
     def index_key(self, series: str) -> str:
@@ -292,14 +268,18 @@ class RedisPublisher:
             reply = await asyncio.wait_for(self._pipe.call(request, replies), 10.0)
         except (PipeError, TimeoutError) as exc:
             raise PublishError(f"reading sequences: {exc}") from exc
-        for s, value in zip(series, reply.value or [], strict=False):
+        index_series = len(series) - len(funds)
+        for k, (s, value) in enumerate(zip(series, reply.value or [], strict=False)):
             if isinstance(value, bytes) and value.isdigit():
-                self._seq[s] = max(self._seq.get(s, 0), int(value))
+                if k < index_series:
+                    self.levels.continue_seq(s, int(value))
+                else:
+                    self._seq[s] = max(self._seq.get(s, 0), int(value))
         self.sequences_loaded = True
 
     async def send(
         self,
-        levels: Sequence[SeriesLevel],
+        levels: LevelColumns | Sequence[SeriesLevel],
         audit: Sequence[AuditRecord] = (),
         closes: Sequence[OfficialRecord] = (),
         checkpoint: Blobs | None = None,
@@ -315,7 +295,7 @@ class RedisPublisher:
 
     async def _send(
         self,
-        levels: Sequence[SeriesLevel],
+        levels: LevelColumns | Sequence[SeriesLevel],
         audit: Sequence[AuditRecord],
         closes: Sequence[OfficialRecord],
         checkpoint: Blobs | None,
@@ -325,6 +305,8 @@ class RedisPublisher:
         try:
             if not self.is_open:
                 await self._open()
+            if self._router is None:
+                await self._ask_interest()
             publish_ns = self._clock()
             transactions = self._build(levels, audit, closes, checkpoint, publish_ns, funds)
             acks = []
@@ -337,6 +319,8 @@ class RedisPublisher:
                     ]
                     command = pack(b"HSET", names.directory, *fields)
                     acks.append(await self._directory_pipe.send(command))
+            if checkpoint is not None and len(checkpoint.structure or b"") > STRUCTURE_SLICE:
+                acks += await self._send_structure(checkpoint.structure or b"")
             first = len(acks)
             for transaction in transactions:
                 request, replies = transaction.packed()
@@ -346,6 +330,48 @@ class RedisPublisher:
             return Sent(acks, transactions[0].state_at, first)
         except PipeError as exc:
             raise PublishError(str(exc)) from exc
+
+    async def _send_structure(self, structure: bytes) -> list[asyncio.Future[Reply]]:
+        """A large checkpoint structure in slices to this writer's incoming key, each its own
+        request (Redis serves other clients between them): the string is made at its full
+        length first, so no slice makes Redis copy what came before."""
+        key, size = self._names.incoming, len(structure)
+        pipe = self._pipe
+        acks = [
+            await pipe.send(
+                pack(b"DEL", key)
+                + pack(b"SETRANGE", key, b"%d" % (size - 1), b"\0")
+                + pack(b"PEXPIRE", key, b"%d" % INCOMING_TTL_MS),
+                3,
+            )
+        ]
+        view = memoryview(structure)
+        for lo in range(0, size, STRUCTURE_SLICE):
+            piece = bytes(view[lo : lo + STRUCTURE_SLICE])
+            acks.append(await pipe.send(pack(b"SETRANGE", key, b"%d" % lo, piece)))
+        return acks
+
+    async def _ask_interest(self) -> None:
+        """Every ChannelInterest.POLL_MS, ask Redis which series channels have subscribers
+        (pipelined with the cycle: no round trip waited for)."""
+        now = time.monotonic()
+        if now - self._interest_asked < ChannelInterest.POLL_MS / 1000:
+            return
+        self._interest_asked = now
+        interest = self._interest
+        channels = await self._pipe.send(pack(b"PUBSUB", b"CHANNELS", interest.prefix + b"*"))
+        patterns = await self._pipe.send(pack(b"PUBSUB", b"NUMPAT"))
+
+        def heard(_: object) -> None:
+            failed = [f for f in (channels, patterns) if f.cancelled() or f.exception()]
+            if failed:  # refused (an ACL without PUBSUB): every channel, as before
+                interest.update((), 1)
+                return
+            listed, numpat = channels.result().value, patterns.result().value
+            if isinstance(listed, list) and isinstance(numpat, int):
+                interest.update((c for c in listed if isinstance(c, bytes)), numpat)
+
+        patterns.add_done_callback(heard)
 
     async def _guard(self, fence: bytes) -> None:
         """WATCH the lease and read it: the transaction sent next is applied only if it is
@@ -426,7 +452,7 @@ class RedisPublisher:
 
     async def publish(
         self,
-        levels: Sequence[SeriesLevel],
+        levels: LevelColumns | Sequence[SeriesLevel],
         audit: Sequence[AuditRecord] = (),
         closes: Sequence[OfficialRecord] = (),
         checkpoint: Blobs | None = None,
@@ -441,7 +467,7 @@ class RedisPublisher:
 
     def _build(
         self,
-        levels: Sequence[SeriesLevel],
+        levels: LevelColumns | Sequence[SeriesLevel],
         audit: Sequence[AuditRecord],
         closes: Sequence[OfficialRecord],
         checkpoint: Blobs | None,
@@ -464,45 +490,38 @@ class RedisPublisher:
                       b"%d" % max(record.close_ns // 1_000_000, 0), b"%d" % CLOSES_MAXLEN,
                       *row)  # fmt: skip
         if checkpoint is not None:
+            structure = checkpoint.structure or b""
+            sliced = len(structure) > STRUCTURE_SLICE
             first.state_at = len(first)
             first.add(
-                b"EVALSHA", self._state_sha, b"4", *names.state,
-                b"%d" % checkpoint.revision, checkpoint.structure or b"", checkpoint.market,
-                checkpoint.meta,
+                b"EVALSHA", self._state_sha, b"5", *names.state, names.incoming,
+                b"%d" % checkpoint.revision, b"" if sliced else structure, checkpoint.market,
+                checkpoint.meta, b"%d" % len(structure) if sliced else b"",
             )  # fmt: skip
         now_ms = publish_ns // 1_000_000
-        self._roll_bars(now_ms)
         policy = self.history
         history_cutoff = b"%d" % max(0, now_ms - policy.retention_ms)
         seqs, due = self._seq, self._history_due
         current = first
-        batch: list[LevelRecord] = []
-        for level in levels:
-            if len(current) >= CHUNK_COMMANDS:
-                if batch:
-                    current.add(b"PUBLISH", names.levels, batch_message(batch))
-                    batch = []
-                current = _Transaction()
-                transactions.append(current)
-            series = level.series
-            hset_head, publish_head = names.heads(series)
-            seq = seqs[series] = seqs.get(series, 0) + 1
-            published = level_record(level, seq, publish_ns)
-            current.add_packed(_level_hset(hset_head, published.values))
-            current.add_packed(_level_publish(publish_head, published.message))
-            if now_ms >= due.get(series, 0):
-                due[series] = now_ms + policy.interval_ms
-                current.add(b"XADD", names.of(series)[2], b"MINID", b"~", history_cutoff,
-                            b"*", *level_fields(published))  # fmt: skip
-            self._add_to_bar(series, published)
-            batch.append(published)
+        # One P:levels message per transaction: the JSON objects of its series (and funds).
+        said: list[bytes] = []
+
+        def next_transaction() -> _Transaction:
+            if said:
+                current.add(b"PUBLISH", names.levels, b"[" + b",".join(said) + b"]")
+                said.clear()
+            transactions.append(_Transaction())
+            return transactions[-1]
+
+        chunks = self.levels.chunks(_columns(levels), publish_ns, policy)
+        for k, (commands, count, messages) in enumerate(chunks):
+            if k:
+                current = next_transaction()
+            current.add_packed(commands, count)
+            said.append(messages)
         for fund in funds:
             if len(current) >= CHUNK_COMMANDS:
-                if batch:
-                    current.add(b"PUBLISH", names.levels, batch_message(batch))
-                    batch = []
-                current = _Transaction()
-                transactions.append(current)
+                current = next_transaction()
             hash_key, channel, history = names.of_fund(fund.fund)
             seq = seqs[fund.fund] = seqs.get(fund.fund, 0) + 1
             message, fields = fund_record(fund, seq, publish_ns)
@@ -512,44 +531,19 @@ class RedisPublisher:
                 due[fund.fund] = now_ms + policy.interval_ms
                 current.add(b"XADD", history, b"MINID", b"~", history_cutoff, b"*",
                             *fields)  # fmt: skip
-            batch.append(message)
-        if batch:
-            current.add(b"PUBLISH", names.levels, batch_message(batch))
-        if self._pending_bars:
-            bars_cutoff = b"%d" % max(0, now_ms - policy.bars_retention_ms)
-            for series, bar in self._pending_bars:
-                if len(current) >= CHUNK_COMMANDS:
-                    current = _Transaction()
-                    transactions.append(current)
-                current.add(b"XADD", names.of(series)[3], b"MINID", b"~", bars_cutoff, b"*",
-                            *bar_row(bar))  # fmt: skip
-            self._pending_bars = []
+            said.append(message.message)
+        bar_commands = self.levels.bar_commands(policy.bars_retention_ms, now_ms)
+        for command in bar_commands:
+            if len(current) >= CHUNK_COMMANDS:
+                current = next_transaction()
+            current.add_packed(command)
+        if said:
+            current.add(b"PUBLISH", names.levels, b"[" + b",".join(said) + b"]")
         return transactions
-
-    def _add_to_bar(self, series: str, record: LevelRecord) -> None:
-        if not math.isfinite(record.level):
-            return
-        bar = self._bars.get(series)
-        if bar is None:
-            self._bars[series] = Bar(self._bars_minute, record.level, record.level,
-                                     record.level, record.level)  # fmt: skip
-        else:
-            bar.add(record.level)
-
-    def _roll_bars(self, now_ms: int) -> None:
-        """A new minute: the bars of the last one are finished (written with this cycle)."""
-        minute = now_ms - now_ms % 60_000
-        if minute == self._bars_minute:
-            return
-        if self._bars:
-            self._pending_bars.extend(self._bars.items())
-            self._bars = {}
-        self._bars_minute = minute
 
     def take_unfinished_bars(self) -> None:
         """At shutdown: write the bars of the current minute as they stand."""
-        self._pending_bars.extend(self._bars.items())
-        self._bars = {}
+        self.levels.take_bars()
 
     async def _open(self) -> None:
         # One connection at a time: the publish loop and the lease task may both find the
@@ -576,6 +570,7 @@ class RedisPublisher:
         if self._router is not None:
             self._pipe.retarget(await self._route(self.keys.lease()))
         await self._pipe.open()
+        self.levels.connected()
         self._history_due.clear()
         try:
             actions = await self._pipe.call(pack(b"SCRIPT", b"LOAD", ACTIONS_LUA))
@@ -606,3 +601,7 @@ class RedisPublisher:
 
 def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _columns(levels: LevelColumns | Sequence[SeriesLevel]) -> LevelColumns:
+    return levels if isinstance(levels, LevelColumns) else LevelColumns.of_rows(levels)

@@ -9,6 +9,7 @@ import pytest
 
 from streamer.endpoints import parse_redis_url
 from streamer.engine import SeriesLevel
+from streamer.engine.results import LevelColumns
 from streamer.keys import KeyLayout
 from streamer.lease import LeaseState
 from streamer.localservices import LocalRedis
@@ -92,7 +93,9 @@ async def test_two_loops_one_leader_and_the_standby_takes_over_when_it_stops(
         loops.append(
             PublishLoop(
                 writer(redis_server),
-                lambda wanted: [lv for s, lv in current.items() if wanted is None or s in wanted],
+                lambda wanted: LevelColumns.of_rows(
+                    [lv for s, lv in current.items() if wanted is None or s in wanted]
+                ),
                 Outbox(),
                 Metrics(),
                 lease=lease,

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
+import redis
 from prometheus_client import CollectorRegistry, Histogram
 
 from streamer import outputs
@@ -22,12 +23,13 @@ from streamer.backoff import Backoff
 from streamer.config import RedisSettings
 from streamer.endpoints import parse_redis_url
 from streamer.engine import AuditRecord, SeriesLevel
-from streamer.engine.results import CloseRecord
+from streamer.engine.results import CloseRecord, LevelColumns
 from streamer.keys import KeyLayout
 from streamer.localservices import LocalRedis
 from streamer.metrics import Metrics, observe_many
 from streamer.persistence.checkpoint import Blobs
 from streamer.publish import ACK_TIMEOUT_S, HistoryPolicy, Outbox, PublishLoop, RedisPublisher
+from streamer.publish.writer import CHECKPOINT_WRITTEN, STATE_LUA, STRUCTURE_SLICE
 from streamer.redis_clients import async_client
 from tests.integration.harness import Store, eventually
 
@@ -234,7 +236,9 @@ async def test_interval_mode_publishes_every_series_on_the_timer(redis_server: L
     levels = [series_level("A", 1.0), series_level("B", 2.0)]
     loop = PublishLoop(
         publisher_for(redis_server),
-        lambda wanted: [lv for lv in levels if wanted is None or lv.series in wanted],
+        lambda wanted: LevelColumns.of_rows(
+            [lv for lv in levels if wanted is None or lv.series in wanted]
+        ),
         Outbox(),
         Metrics(),
         interval_ms=50,
@@ -255,7 +259,9 @@ async def running_loop(
     """A PublishLoop (change-driven) publishing ``current`` under prefix ``p``."""
     loop = PublishLoop(
         publisher_for(redis_server),
-        lambda wanted: [lv for s, lv in current.items() if wanted is None or s in wanted],
+        lambda wanted: LevelColumns.of_rows(
+            [lv for s, lv in current.items() if wanted is None or s in wanted]
+        ),
         outbox,
         metrics,
         backoff=Backoff(base_s=0.02, cap_s=0.2),
@@ -357,7 +363,9 @@ async def test_a_capped_series_always_ends_at_its_newest_level(redis_server: Loc
     pubsub.get_message(timeout=1)
     loop = PublishLoop(
         publisher_for(redis_server),
-        lambda wanted: [lv for s, lv in current.items() if wanted is None or s in wanted],
+        lambda wanted: LevelColumns.of_rows(
+            [lv for s, lv in current.items() if wanted is None or s in wanted]
+        ),
         outbox,
         Metrics(),
         min_interval_ms=200,
@@ -402,7 +410,9 @@ def directory_loop(
     publisher = RedisPublisher(parse_redis_url(server.url), KeyLayout("p", shard), 100)
     return PublishLoop(
         publisher,
-        lambda wanted: [lv for s, lv in current.items() if wanted is None or s in wanted],
+        lambda wanted: LevelColumns.of_rows(
+            [lv for s, lv in current.items() if wanted is None or s in wanted]
+        ),
         Outbox(),
         Metrics(),
         directory=directory,
@@ -453,3 +463,52 @@ async def test_a_restart_with_another_config_prunes_only_its_own_shards_old_seri
     async with running(directory_loop(redis_server, {"A": 2}, "one")):
         await eventually(lambda: set(directory_entries(store)) == {"A", "G"})
         await eventually(lambda: directory_entries(store)["A"]["constituents"] == 2)
+
+
+async def test_a_large_checkpoint_structure_goes_in_slices_and_is_renamed_into_place(
+    redis_server: LocalRedis,
+) -> None:
+    """A structure past STRUCTURE_SLICE is written slice by slice to the writer's incoming
+    key before its cycle, then renamed in the checkpoint script: every byte arrives, and no
+    incoming key is left behind."""
+    publisher = publisher_for(redis_server)
+    structure = os.urandom(3 * STRUCTURE_SLICE + 12_345)
+    checkpoint = Blobs(structure=structure, market=b"m1", meta=b"x1", revision=7)
+    sent = await publisher.send([series_level("X", 1.0)], checkpoint=checkpoint)
+    replies = [await ack for ack in sent.acks]
+    assert replies[sent.first].value[sent.state_at] == CHECKPOINT_WRITTEN
+    keys = KeyLayout("p")
+    raw = redis.Redis.from_url(redis_server.url)
+    assert raw.get(keys.state("structure")) == structure
+    assert raw.get(keys.state("revision")) == b"7"
+    assert raw.get(keys.state("market")) == b"m1"
+    assert raw.ttl(keys.state("structure")) == -1  # the incoming key's expiry did not follow
+    assert not raw.keys("*incoming*")
+    # The next checkpoint of the same revision carries no structure: only the market part.
+    later = Blobs(structure=None, market=b"m2", meta=b"x2", revision=7)
+    sent = await publisher.send([series_level("X", 2.0)], checkpoint=later)
+    replies = [await ack for ack in sent.acks]
+    assert replies[sent.first].value[sent.state_at] == CHECKPOINT_WRITTEN
+    assert raw.get(keys.state("market")) == b"m2"
+    assert raw.get(keys.state("structure")) == structure
+    raw.close()
+    await publisher.close()
+
+
+def test_an_incomplete_incoming_structure_writes_nothing(redis_server: LocalRedis) -> None:
+    """If the slices are not all there when the script runs (Redis restarted, the key
+    expired), neither part is written: the writer sends the checkpoint again."""
+    raw = redis.Redis.from_url(redis_server.url)
+    keys = KeyLayout("p")
+    state = keys.state_keys()
+    raw.set(state[0], b"old structure")
+    raw.set(state[3], b"3")
+    raw.set(state[1], b"old market")
+    raw.set(state[0] + ":incoming:t", b"half of it")
+    written = raw.eval(STATE_LUA.decode(), 5, *state, state[0] + ":incoming:t",
+                       b"4", b"", b"new market", b"meta", b"%d" % 1_000_000)  # fmt: skip
+    assert written == 0
+    assert raw.get(state[0]) == b"old structure"
+    assert raw.get(state[1]) == b"old market"
+    assert raw.get(state[3]) == b"3"
+    raw.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -99,24 +98,3 @@ def test_the_history_budget_bounds_total_memory_whatever_the_series_count(
 def test_a_small_universe_keeps_the_configured_history() -> None:
     policy = HistoryPolicy(1000, 86_400_000, 172_800_000, 1 << 30).for_series(23)
     assert policy == HistoryPolicy(1000, 86_400_000, 172_800_000, 1 << 30)
-
-
-def test_level_commands_are_what_pack_makes_of_them() -> None:
-    """The HSET and PUBLISH of a level come from prebuilt formats: byte for byte what
-    ``pack`` makes of the same arguments, for known and unknown (NaN) values."""
-    from streamer.engine.results import SeriesLevel
-    from streamer.outputs import level_fields, level_record
-    from streamer.publish.writer import _hset_head, _level_hset, _level_publish, _publish_head
-    from streamer.redis_pipe import pack
-
-    key, channel = b"streamer:index:IX1.TR", b"streamer:levels:IX1.TR"
-    for prev_close in (998.25, math.nan):
-        level = SeriesLevel("IX1.TR", 1000.125, 1.5e7, 1_764_700_000_123_456_789, prev_close,
-                            1.875, 0.0019, 2, 0.98, 100)  # fmt: skip
-        record = level_record(level, 17, 1_764_700_000_200_000_000)
-        assert _level_hset(_hset_head(key), record.values) == pack(
-            b"HSET", key, *level_fields(record)
-        )
-        assert _level_publish(_publish_head(channel), record.message) == pack(
-            b"PUBLISH", channel, record.message
-        )
