@@ -21,11 +21,13 @@ import asyncio
 import fnmatch
 import re
 from collections.abc import Iterator, Sequence
+from itertools import chain, repeat
 
 import numpy as np
 import numpy.typing as npt
 
 from streamer.engine.results import SeriesTable
+from streamer.outputs import number_texts
 
 # name, help, the SeriesTable column
 FAMILIES: tuple[tuple[str, str, str], ...] = (
@@ -71,8 +73,10 @@ class SeriesMetrics:
         self._position = {s: k for k, s in enumerate(self.series)}
         self.selected = np.array([bool(wanted.match(s)) for s in self.series], dtype=np.bool_)
         chosen = [s for s, keep in zip(self.series, self.selected.tolist(), strict=True) if keep]
-        self._heads = {name: [f'{name}{{index="{s}"}} ' for s in chosen] for name, _, _ in FAMILIES}
-        self._heads[LAST_CLOSE[0]] = [f'{LAST_CLOSE[0]}{{index="{s}"}} ' for s in chosen]
+        self._heads = {
+            name: [f'{name}{{index="{s}"}} '.encode() for s in chosen] for name, _, _ in FAMILIES
+        }
+        self._heads[LAST_CLOSE[0]] = [f'{LAST_CLOSE[0]}{{index="{s}"}} '.encode() for s in chosen]
         self.last_close_s = np.full(len(self.series), np.nan)
         self._text: dict[str, bytes] = {}
 
@@ -103,19 +107,15 @@ class SeriesMetrics:
         parts = [f"# HELP {name} {help_text}\n# TYPE {name} gauge\n".encode()]
         for lo in range(0, len(heads), RENDER_CHUNK):
             hi = lo + RENDER_CHUNK
-            chunk_heads, chunk_values = heads[lo:hi], floats[lo:hi].tolist()
-            if known[lo:hi].all():
-                lines = [h + repr(v) for h, v in zip(chunk_heads, chunk_values, strict=True)]
-            else:
-                lines = [
-                    h + repr(v)
-                    for h, v, ok in zip(
-                        chunk_heads, chunk_values, known[lo:hi].tolist(), strict=True
-                    )
-                    if ok
-                ]
-            if lines:
-                parts.append(("\n".join(lines) + "\n").encode())
+            chunk_heads, chunk_values = heads[lo:hi], floats[lo:hi]
+            chunk_known = known[lo:hi]
+            if not chunk_known.all():
+                at = np.flatnonzero(chunk_known).tolist()
+                chunk_heads = [chunk_heads[k] for k in at]
+                chunk_values = chunk_values[chunk_known]
+            texts = number_texts(chunk_values.tolist())  # finite: never null
+            if texts:
+                parts.append(b"".join(chain.from_iterable(zip(chunk_heads, texts, repeat(b"\n")))))
             yield
         self._text[name] = b"".join(parts)
 

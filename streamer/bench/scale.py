@@ -149,6 +149,7 @@ class Plan:
     scrapes: int
     cycle_s: float  # how long the 1 s dissemination cycle is probed
     quiet_s: float
+    min_interval_ms: int = 0  # [publish] min_interval_ms of the change-driven service
 
     @classmethod
     def for_args(cls, args: argparse.Namespace) -> Plan:
@@ -164,6 +165,7 @@ class Plan:
                 scrapes=3,
                 cycle_s=1.5,
                 quiet_s=0.3,
+                min_interval_ms=args.min_interval_ms,
             )
         return cls(
             rate=args.rate,
@@ -176,6 +178,7 @@ class Plan:
             scrapes=20,
             cycle_s=6.0,
             quiet_s=1.0,
+            min_interval_ms=args.min_interval_ms,
         )
 
 
@@ -649,7 +652,8 @@ def measure_universe(
         broker, redis_server, client = stack.enter_context(private_servers(workdir))
         memory_before = _used_memory(client)
         port = free_port()
-        env = service_env(broker, redis_server, "streamer-scale", f"{host}:{port}")
+        env = service_env(broker, redis_server, "streamer-scale", f"{host}:{port}",
+                          STREAMER_PUBLISH_MIN_INTERVAL_MS=str(plan.min_interval_ms))  # fmt: skip
         say(f"{shape.label}: starting the service")
         service, startup = start_service(
             "service", config, env, workdir / "service.log", host, port
@@ -939,6 +943,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scale-out",
         action="store_true",
         help="one process vs two shards on the 10,000 x 2,000 universe (or --universe)",
+    )
+    parser.add_argument(
+        "--min-interval-ms",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="[publish] min_interval_ms of the measured service: each series at most once per "
+        "this many ms, its newest level always within it (default 0: every change)",
     )
     parser.add_argument("--quick", action="store_true", help="a tiny, short run (for tests)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from streamer.engine.results import LevelColumns, SeriesLevel
 from streamer.keys import KeyLayout
-from streamer.outputs import LEVEL_FIELDS, level_fields, level_record
+from streamer.outputs import LEVEL_FIELDS, bar_row, level_fields, level_record
 from streamer.publish.level_writes import (
     CHUNK_SERIES,
     DELTA_FIELDS,
@@ -201,3 +201,38 @@ def test_minute_bars_of_the_published_levels() -> None:
     assert (bar.minute_ms, bar.open, bar.high, bar.low, bar.close, bar.updates) == (
         start // 1_000_000, 10.0, 12.0, 9.0, 11.0, 4,
     )  # fmt: skip
+
+
+def test_bar_commands_are_the_reference_bar_rows() -> None:
+    """Every finished bar's XADD has bar_row's fields and values (numbers compared as
+    numbers: the bulk path formats them with msgspec, bar_row with repr)."""
+    writes = LevelWrites(LAYOUT, ChannelInterest(b"p:levels:"))
+    minute = 60_000_000_000
+    start = T0 - T0 % minute
+    names = [f"S{k}" for k in range(CHUNK_SERIES + 5)]
+    for k, value in enumerate((10.5, 12.25, 9.125)):
+        levels = [level(s, value + j, 1.0, 1.0, 0, T0) for j, s in enumerate(names)]
+        writes.chunks(LevelColumns.of_rows(levels), start + k * 1_000_000_000, POLICY)
+    writes.roll_bars(start // 1_000_000 + 60_000)
+    expected = dict(writes.pending_bars)
+    assert len(expected) == len(names)
+    now_ms = start // 1_000_000 + 60_000
+    chunks = writes.bar_commands(3_600_000, now_ms)
+    assert len(chunks) == 2 and not writes.pending_bars
+    seen = set()
+    for commands, count in chunks:
+        reader = hiredis.Reader()
+        reader.feed(commands)
+        while (command := reader.gets()) is not False:
+            count -= 1
+            name, key, *args = command
+            series = key.decode().removeprefix("p:bars:1m:")
+            reference = [b"MINID", b"~", b"%d" % (now_ms - 3_600_000), b"*",
+                         *bar_row(expected[series])]  # fmt: skip
+            assert name == b"XADD" and key == LAYOUT.bars(series).encode()
+            assert len(args) == len(reference)
+            for got, want in zip(args, reference, strict=True):
+                assert got == want or float(got) == float(want)
+            seen.add(series)
+        assert count == 0
+    assert seen == set(names)
