@@ -53,7 +53,7 @@ from streamer.persistence.checkpoint import (
     InlineCheckpoints,
     WrittenCheckpoints,
 )
-from streamer.persistence.stores import DirectoryStore, Stored, parse_stored
+from streamer.persistence.stores import READ_STATE_LUA, DirectoryStore, Stored, parse_redis_state
 from streamer.pipeline import Pipeline, Step
 from streamer.publish import Outbox, PublishLoop, RedisPublisher, history_policy
 from streamer.redis_clients import SlotRouter, async_client
@@ -298,11 +298,8 @@ class Service:
         waiting_since: float | None = None
         while True:
             try:
-                structure, market, meta, _ = [
-                    value if isinstance(value, bytes | None) else str(value).encode()
-                    for value in await self.redis.mget(keys)
-                ]
-                return parse_stored(structure, market, meta)
+                reply = await self.redis.eval(READ_STATE_LUA, 3, *keys[:3])
+                return parse_redis_state(reply)
             except (RedisError, OSError) as exc:
                 reraise_if_cancelled()
                 self.metrics.redis_errors.inc()

@@ -29,7 +29,7 @@ from streamer.engine.universe import MARKET_COLUMNS
 from streamer.errors import StateError
 from streamer.keys import key_layout
 from streamer.persistence.checkpoint import Blobs, Meta
-from streamer.persistence.stores import DirectoryStore, Stored, parse_stored
+from streamer.persistence.stores import READ_STATE_LUA, DirectoryStore, Stored, parse_redis_state
 
 HELP = "show, export or reset the state the service stored (checkpoints)"
 
@@ -91,10 +91,10 @@ class _Store:
         if self.directory is not None:
             return self.directory.read()
         try:
-            values = self._redis().mget(self.keys.state_keys())
+            reply = self._redis().eval(READ_STATE_LUA, 3, *self.keys.state_keys()[:3])
         except Exception as exc:
             raise StateError(f"cannot read the state from redis: {exc}") from None
-        return parse_stored(values[0], values[1], values[2])
+        return parse_redis_state(reply)
 
     def write(self, blobs: Blobs) -> None:
         if self.directory is not None:

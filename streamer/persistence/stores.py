@@ -5,8 +5,10 @@ them back as one consistent checkpoint or not at all:
 
 - Redis: keys ``P:state:structure``, ``P:state:market``, ``P:state:meta`` and
   ``P:state:revision``, written by the publish script in the same call as the levels (see
-  ``publish``), read with one MGET.  The script writes a market part only over the structure
-  of its revision, so the two can never be mixed.
+  ``publish``), read with one script (:data:`READ_STATE_LUA`, atomic).  The script writes a
+  market part only over the structure of its revision, so the two can never be mixed.  A
+  large structure is a list of slices (one string of 26 MB, written or grown in Redis, held
+  it for 25-100 ms), a small one a string; readers take both.
 - Directory: see :class:`DirectoryStore`; a crash at any point leaves the previous
   checkpoint or the new one.
 """
@@ -29,6 +31,36 @@ class Stored:
     snapshot: Snapshot
     meta: Meta | None
     size_bytes: int
+
+
+# The three parts at one moment (KEYS: structure, market, meta): the structure a string or a
+# list of slices (in order), the others strings (false: missing).
+READ_STATE_LUA = """#!lua
+local structure
+if redis.call('TYPE', KEYS[1])['ok'] == 'list' then
+  structure = redis.call('LRANGE', KEYS[1], 0, -1)
+else
+  structure = redis.call('GET', KEYS[1])
+end
+return {structure, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3])}
+"""
+
+
+def parse_redis_state(reply: object) -> Stored | None:
+    """A stored checkpoint from READ_STATE_LUA's reply (see :func:`parse_stored`)."""
+    parts = list(reply) if isinstance(reply, list | tuple) else []
+    parts += [None] * (3 - len(parts))
+    structure, market, meta = parts[:3]
+    if isinstance(structure, list):
+        pieces = [piece for piece in map(_blob, structure) if piece is not None]
+        structure = b"".join(pieces) if pieces else None
+    return parse_stored(_blob(structure), _blob(market), _blob(meta))
+
+
+def _blob(value: object) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return str(value).encode()
 
 
 def parse_stored(

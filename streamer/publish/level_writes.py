@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, TypeVar
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -54,7 +53,6 @@ VARIABLE_FIELDS = tuple(f for f in LEVEL_FIELDS if f not in _CONSTANT)
 DELTA_VARIABLE = tuple(f for f in DELTA_FIELDS if f not in _CONSTANT)
 SLOW_FIELDS = ("divisor", "prev_close", "stale", "coverage")
 
-_json = msgspec.json.Encoder()
 T = TypeVar("T")
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -90,9 +88,6 @@ _BAR_TEMPLATE = (
     b"$5\r\nMINID\r\n$1\r\n~\r\n%s$1\r\n*\r\n$6\r\nschema\r\n%s$1\r\nt\r\n%s"
     + b"".join(_bulk(name) + b"$%%d\r\n%%s\r\n" for name in (b"o", b"h", b"l", b"c", b"n"))
 )
-
-
-_texts = number_texts
 
 
 def _redis_texts(texts: list[bytes]) -> list[bytes]:
@@ -356,14 +351,14 @@ class LevelWrites:
         # order; the slow fields' as last formatted (float formatting is most of this).
         slow_texts = self._slow_texts
         json_texts = {
-            "level": _texts(levels.level[part].tolist()),
+            "level": number_texts(levels.level[part].tolist()),
             "divisor": _pick(slow_texts["divisor"], slot_list),
-            "source_ts": _texts(source_ts.tolist()),
-            "source_ts_ms": _texts((source_ts // 1_000_000).tolist()),
-            "seq": _texts(all_seq[part].tolist()),
+            "source_ts": number_texts(source_ts.tolist()),
+            "source_ts_ms": number_texts((source_ts // 1_000_000).tolist()),
+            "seq": number_texts(all_seq[part].tolist()),
             "prev_close": _pick(slow_texts["prev_close"], slot_list),
-            "change": _texts(levels.change[part].tolist()),
-            "change_pct": _texts(levels.change_pct[part].tolist()),
+            "change": number_texts(levels.change[part].tolist()),
+            "change_pct": number_texts(levels.change_pct[part].tolist()),
             "stale": _pick(slow_texts["stale"], slot_list),
             "coverage": _pick(slow_texts["coverage"], slot_list),
         }
@@ -419,7 +414,7 @@ class LevelWrites:
             values = column[at]
             last[written] = values
             cache = self._slow_texts[name]
-            for slot, text in zip(written.tolist(), _texts(values.tolist()), strict=True):
+            for slot, text in zip(written.tolist(), number_texts(values.tolist()), strict=True):
                 cache[slot] = text
 
     def _refresh_wanted(self) -> None:
@@ -498,7 +493,7 @@ class LevelWrites:
                 columns: list[list[Any]] = []
                 for values in (done.open[part], done.high[part], done.low[part],
                                done.close[part], done.updates[part]):  # fmt: skip
-                    texts = _redis_texts(_texts(values.tolist()))
+                    texts = _redis_texts(number_texts(values.tolist()))
                     columns += (list(map(len, texts)), texts)
                 out.append((_repeat(body, heads, columns), len(heads)))
         self._finished = []

@@ -54,14 +54,16 @@ return 1
 """
 # A checkpoint (KEYS: structure, market, meta, revision, incoming structure): the structural
 # part (when it changed) and the market part, which is written only over the structure of its
-# own revision, so a reader never finds the two mixed.  A large structure (ARGV[5]: its
-# length) was written beforehand in slices to KEYS[5] (one SET of 26 MB inside this script
-# held Redis for 85-102 ms at 20,000 x 10,000) and is renamed into place here, in O(1); if it
-# is not all there (Redis restarted, the key expired) nothing is written and the writer sends
-# the checkpoint again.
+# own revision, so a reader never finds the two mixed.  A large structure (ARGV[5]: its number
+# of slices) was pushed beforehand, slice by slice, to the list KEYS[5] and is renamed into
+# place here, in O(1): one SET of 26 MB inside this script held Redis for 85-102 ms at
+# 20,000 x 10,000, and growing one string slice by slice copied it (APPEND up to 75 ms).
+# Readers take a string or a list (streamer.persistence.stores.READ_STATE_LUA).  If the
+# slices are not all there (Redis restarted, the list expired) nothing is written and the
+# writer sends the checkpoint again.
 STATE_LUA = b"""#!lua
 if ARGV[5] ~= '' then
-  if redis.call('STRLEN', KEYS[5]) ~= tonumber(ARGV[5]) then
+  if redis.call('LLEN', KEYS[5]) ~= tonumber(ARGV[5]) then
     return 0
   end
   redis.call('RENAME', KEYS[5], KEYS[1])
@@ -78,7 +80,7 @@ redis.call('SET', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[3], ARGV[4])
 return 2
 """
-# A checkpoint structure larger than this is written in slices of this size before its cycle,
+# A checkpoint structure larger than this is pushed in slices of this size before its cycle,
 # each a short command.
 STRUCTURE_SLICE = 512 * 1024
 # How long an incoming structure may wait for its cycle (a writer that died leaves it behind).
@@ -332,21 +334,23 @@ class RedisPublisher:
             raise PublishError(str(exc)) from exc
 
     async def _send_structure(self, structure: bytes) -> list[asyncio.Future[Reply]]:
-        """A large checkpoint structure in slices to this writer's incoming key, each its own
-        request (Redis serves other clients between them).  Appended: making the string at
-        its full length first (SETRANGE) held Redis for 25-41 ms at 26 MB, zeroing and
-        faulting in every page at once; the longest APPEND took 4.5-5.7 ms."""
-        key, size = self._names.incoming, len(structure)
+        """A large checkpoint structure, slice by slice, to this writer's incoming list, each
+        slice its own request (Redis serves other clients between them, and never copies
+        what came before)."""
+        key = self._names.incoming
         pipe = self._pipe
         view = memoryview(structure)
         acks = [
             await pipe.send(
-                pack(b"SET", key, bytes(view[:STRUCTURE_SLICE]), b"PX", b"%d" % INCOMING_TTL_MS)
+                pack(b"DEL", key)
+                + pack(b"RPUSH", key, bytes(view[:STRUCTURE_SLICE]))
+                + pack(b"PEXPIRE", key, b"%d" % INCOMING_TTL_MS),
+                3,
             )
         ]
-        for lo in range(STRUCTURE_SLICE, size, STRUCTURE_SLICE):
+        for lo in range(STRUCTURE_SLICE, len(structure), STRUCTURE_SLICE):
             piece = bytes(view[lo : lo + STRUCTURE_SLICE])
-            acks.append(await pipe.send(pack(b"APPEND", key, piece)))
+            acks.append(await pipe.send(pack(b"RPUSH", key, piece)))
         return acks
 
     async def _ask_interest(self) -> None:
@@ -494,7 +498,7 @@ class RedisPublisher:
             first.add(
                 b"EVALSHA", self._state_sha, b"5", *names.state, names.incoming,
                 b"%d" % checkpoint.revision, b"" if sliced else structure, checkpoint.market,
-                checkpoint.meta, b"%d" % len(structure) if sliced else b"",
+                checkpoint.meta, b"%d" % -(-len(structure) // STRUCTURE_SLICE) if sliced else b"",
             )  # fmt: skip
         now_ms = publish_ns // 1_000_000
         policy = self.history

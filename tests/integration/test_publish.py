@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import cast
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from streamer.keys import KeyLayout
 from streamer.localservices import LocalRedis
 from streamer.metrics import Metrics, observe_many
 from streamer.persistence.checkpoint import Blobs
+from streamer.persistence.stores import READ_STATE_LUA
 from streamer.publish import ACK_TIMEOUT_S, HistoryPolicy, Outbox, PublishLoop, RedisPublisher
 from streamer.publish.writer import CHECKPOINT_WRITTEN, STATE_LUA, STRUCTURE_SLICE
 from streamer.redis_clients import async_client
@@ -468,9 +470,10 @@ async def test_a_restart_with_another_config_prunes_only_its_own_shards_old_seri
 async def test_a_large_checkpoint_structure_goes_in_slices_and_is_renamed_into_place(
     redis_server: LocalRedis,
 ) -> None:
-    """A structure past STRUCTURE_SLICE is written slice by slice to the writer's incoming
-    key before its cycle, then renamed in the checkpoint script: every byte arrives, and no
-    incoming key is left behind."""
+    """A structure past STRUCTURE_SLICE is pushed slice by slice to the writer's incoming
+    list before its cycle, then renamed in the checkpoint script: every byte arrives, no
+    incoming key is left behind, and the state reads back whole (the reader takes a list of
+    slices as it takes a string)."""
     publisher = publisher_for(redis_server)
     structure = os.urandom(3 * STRUCTURE_SLICE + 12_345)
     checkpoint = Blobs(structure=structure, market=b"m1", meta=b"x1", revision=7)
@@ -479,7 +482,8 @@ async def test_a_large_checkpoint_structure_goes_in_slices_and_is_renamed_into_p
     assert replies[sent.first].value[sent.state_at] == CHECKPOINT_WRITTEN
     keys = KeyLayout("p")
     raw = redis.Redis.from_url(redis_server.url)
-    assert raw.get(keys.state("structure")) == structure
+    assert raw.type(keys.state("structure")) == b"list"
+    assert b"".join(cast(list[bytes], raw.lrange(keys.state("structure"), 0, -1))) == structure
     assert raw.get(keys.state("revision")) == b"7"
     assert raw.get(keys.state("market")) == b"m1"
     assert raw.ttl(keys.state("structure")) == -1  # the incoming key's expiry did not follow
@@ -490,7 +494,11 @@ async def test_a_large_checkpoint_structure_goes_in_slices_and_is_renamed_into_p
     replies = [await ack for ack in sent.acks]
     assert replies[sent.first].value[sent.state_at] == CHECKPOINT_WRITTEN
     assert raw.get(keys.state("market")) == b"m2"
-    assert raw.get(keys.state("structure")) == structure
+    reply = raw.eval(READ_STATE_LUA, 3, *keys.state_keys()[:3])
+    assert reply == [raw.lrange(keys.state("structure"), 0, -1), b"m2", b"x2"]
+    # A small structure is a string again, and reads the same way.
+    raw.set(keys.state("structure"), b"small")
+    assert raw.eval(READ_STATE_LUA, 3, *keys.state_keys()[:3]) == [b"small", b"m2", b"x2"]
     raw.close()
     await publisher.close()
 
@@ -504,9 +512,9 @@ def test_an_incomplete_incoming_structure_writes_nothing(redis_server: LocalRedi
     raw.set(state[0], b"old structure")
     raw.set(state[3], b"3")
     raw.set(state[1], b"old market")
-    raw.set(state[0] + ":incoming:t", b"half of it")
+    raw.rpush(state[0] + ":incoming:t", b"slice 1", b"slice 2")
     written = raw.eval(STATE_LUA.decode(), 5, *state, state[0] + ":incoming:t",
-                       b"4", b"", b"new market", b"meta", b"%d" % 1_000_000)  # fmt: skip
+                       b"4", b"", b"new market", b"meta", b"3")  # fmt: skip
     assert written == 0
     assert raw.get(state[0]) == b"old structure"
     assert raw.get(state[1]) == b"old market"
