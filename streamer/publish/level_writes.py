@@ -22,6 +22,7 @@ What is written, per series (``streamer.outputs`` is the schema):
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -177,6 +178,8 @@ class ChannelInterest:
 
     def __init__(self, prefix: bytes) -> None:
         self.prefix = prefix  # b"P:levels:"
+        # PUBSUB CHANNELS takes a glob: a prefix's own glob characters stand for themselves.
+        self.pattern = re.sub(rb"([*?\[\]\\])", rb"\\\1", prefix) + b"*"
         self.everything = True  # until Redis has said otherwise
         self.channels: set[bytes] = set()
         self.version = 0  # +1 per change, for the writes' per-slot copy

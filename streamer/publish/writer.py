@@ -361,7 +361,7 @@ class RedisPublisher:
             return
         self._interest_asked = now
         interest = self._interest
-        channels = await self._pipe.send(pack(b"PUBSUB", b"CHANNELS", interest.prefix + b"*"))
+        channels = await self._pipe.send(pack(b"PUBSUB", b"CHANNELS", interest.pattern))
         patterns = await self._pipe.send(pack(b"PUBSUB", b"NUMPAT"))
 
         def heard(_: object) -> None:

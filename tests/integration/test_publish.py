@@ -520,3 +520,49 @@ def test_an_incomplete_incoming_structure_writes_nothing(redis_server: LocalRedi
     assert raw.get(state[1]) == b"old market"
     assert raw.get(state[3]) == b"3"
     raw.close()
+
+
+async def _publish_calls(raw: redis.Redis) -> int:
+    """PUBLISH commands Redis has run (after the cycles before have been acknowledged)."""
+    stats = raw.info("commandstats").get("cmdstat_publish", {})
+    return int(stats.get("calls", 0))
+
+
+@pytest.mark.parametrize("prefix", ["p", "p[1]*"])
+async def test_a_series_channel_is_written_while_someone_listens(
+    redis_server: LocalRedis, prefix: str
+) -> None:
+    """Per-series PUBLISH goes only to channels with a subscriber (asked of Redis every
+    250 ms); a pattern subscriber means every channel.  A prefix's own glob characters do not
+    hide its channels."""
+    publisher = publisher_for(redis_server, prefix)
+    raw = redis.Redis.from_url(redis_server.url)
+    store = sync_client(redis_server)
+    listener = store.pubsub()
+    listener.subscribe(f"{prefix}:levels:A")
+    listener.get_message(timeout=1)  # the subscription's confirmation
+
+    async def cycles(count: int) -> None:
+        for k in range(count):
+            await publisher.publish([series_level("A", 100.0 + k), series_level("B", 50.0 + k)])
+            await asyncio.sleep(0.3)  # past the interest poll
+
+    await cycles(2)  # the polls have answered: only A has a subscriber
+    before = await _publish_calls(raw)
+    await cycles(3)
+    assert await _publish_calls(raw) - before == 3 * 2  # P:levels and A's channel, not B's
+    heard = []
+    while (message := listener.get_message(timeout=0.2)) is not None:
+        heard.append(json.loads(message["data"])["index"])
+    assert heard == ["A"] * 5
+    watcher = store.pubsub()
+    watcher.psubscribe(f"{prefix}:levels:*")
+    watcher.get_message(timeout=1)
+    await cycles(2)
+    before = await _publish_calls(raw)
+    await cycles(2)
+    assert await _publish_calls(raw) - before == 2 * 3  # a pattern: every channel again
+    listener.close()
+    watcher.close()
+    raw.close()
+    await publisher.close()
