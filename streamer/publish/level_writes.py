@@ -299,11 +299,13 @@ class LevelWrites:
         """Per transaction (CHUNK_SERIES series): the RESP of its level commands, how many
         commands that is, and its series' JSON messages joined by commas (the inside of its
         ``P:levels`` array)."""
+        now_ms = publish_ns // 1_000_000
+        # Every cycle, with levels or not (a checkpoint's): a quiet series' bar is finished
+        # when its minute is over, not when it next moves.
+        self.roll_bars(now_ms)
         n = len(levels)
         if not n:
             return []
-        now_ms = publish_ns // 1_000_000
-        self.roll_bars(now_ms)
         slots = self.slots(levels.series)
         seq = self.seq[slots] + 1
         self.seq[slots] = seq

@@ -236,3 +236,16 @@ def test_bar_commands_are_the_reference_bar_rows() -> None:
             seen.add(series)
         assert count == 0
     assert seen == set(names)
+
+
+def test_a_quiet_series_bar_is_finished_by_a_cycle_without_levels() -> None:
+    """A cycle with nothing but a checkpoint still ends the minute: the last bar of a series
+    that stopped moving goes out then, not when it next moves (hours later, after a close)."""
+    writes = LevelWrites(LAYOUT, ChannelInterest(b"p:levels:"))
+    minute = 60_000_000_000
+    start = T0 - T0 % minute
+    writes.chunks(LevelColumns.of_rows([level("A", 10.0, 1.0, 1.0, 0, T0)]), start, POLICY)
+    assert not writes.pending_bars
+    assert writes.chunks(LevelColumns.empty(), start + minute + 5_000_000_000, POLICY) == []
+    [(series, bar)] = writes.pending_bars
+    assert (series, bar.close, bar.updates) == ("A", 10.0, 1)
