@@ -286,10 +286,15 @@ class LevelWrites:
         self.seq[slot] = max(int(self.seq[slot]), seq)
 
     def connected(self) -> None:
-        """A new connection: Redis may have restarted (lost every key) or another replica
-        written last; every hash is written whole next, and every history entry is due."""
-        self._whole_until[:] = 0
+        """A new connection: Redis may have restarted (lost every key); every hash is written
+        whole next, and every history entry is due."""
+        self.write_whole()
         self._history_due[:] = 0
+
+    def write_whole(self) -> None:
+        """Every hash is written whole next (another replica may have written them since:
+        its ``stale`` and ``coverage``, read at other moments, may differ from ours)."""
+        self._whole_until[:] = 0
 
     # -------------------------------------------------------------- a cycle
 

@@ -277,6 +277,9 @@ class RedisPublisher:
                     self.levels.continue_seq(s, int(value))
                 else:
                     self._seq[s] = max(self._seq.get(s, 0), int(value))
+        # Loaded at start-up and on taking the lease over: the hashes may be another
+        # writer's.
+        self.levels.write_whole()
         self.sequences_loaded = True
 
     async def send(

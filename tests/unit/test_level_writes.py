@@ -249,3 +249,17 @@ def test_a_quiet_series_bar_is_finished_by_a_cycle_without_levels() -> None:
     assert writes.chunks(LevelColumns.empty(), start + minute + 5_000_000_000, POLICY) == []
     [(series, bar)] = writes.pending_bars
     assert (series, bar.close, bar.updates) == ("A", 10.0, 1)
+
+
+def test_after_another_writer_every_hash_is_written_whole_again() -> None:
+    """On taking the lease over, the hashes may hold another replica's stale and coverage:
+    the next write of each is whole, and history is not made due by it."""
+    writes = LevelWrites(LAYOUT, ChannelInterest(b"p:levels:"))
+    redis = ModelRedis()
+    seqs: dict[str, int] = {}
+    check_cycle(writes, redis, [level("A", 1.0, 1.0, 1.0, 0, T0)], T0, seqs, None)
+    redis.hashes[LAYOUT.index("A").encode()][b"stale"] = b"7"  # the other replica's
+    writes.write_whole()
+    check_cycle(writes, redis, [level("A", 2.0, 1.0, 1.0, 0, T0)], T0 + 1_000_000, seqs, None)
+    assert redis.hset_sizes == [len(LEVEL_FIELDS), len(LEVEL_FIELDS)]
+    assert len(redis.streams[LAYOUT.history("A").encode()]) == 1
