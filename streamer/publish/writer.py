@@ -121,7 +121,6 @@ class _Names:
         # writer's slices never mix with the leader's), in the same slot as the state.
         self.incoming = self.state[0] + b":incoming:" + secrets.token_hex(6).encode()
         self.directory = layout.directory().encode()
-        self._series: dict[str, tuple[bytes, bytes, bytes, bytes, bytes]] = {}
         self._funds: dict[str, tuple[bytes, bytes, bytes]] = {}
 
     def of_fund(self, fund: str) -> tuple[bytes, bytes, bytes]:
@@ -139,19 +138,10 @@ class _Names:
     def navs(self, fund: str) -> bytes:
         return self.layout.navs(fund).encode()
 
-    def of(self, series: str) -> tuple[bytes, bytes, bytes, bytes, bytes]:
-        """Hash, channel, history stream, bars stream and closes stream of a series."""
-        names = self._series.get(series)
-        if names is None:
-            layout = self.layout
-            names = self._series[series] = (
-                layout.index(series).encode(),
-                layout.series_channel(series).encode(),
-                layout.history(series).encode(),
-                layout.bars(series).encode(),
-                layout.closes(series).encode(),
-            )
-        return names
+    def closes(self, series: str) -> bytes:
+        """The official closes stream of a series (its hash, channel, history and bars are
+        LevelWrites')."""
+        return self.layout.closes(series).encode()
 
 
 class _Transaction:
@@ -219,7 +209,7 @@ class RedisPublisher:
         self._interest = ChannelInterest(keys.levels_channel().encode() + b":")
         self._interest_asked = 0.0  # monotonic s
         self.levels = LevelWrites(keys, self._interest)
-        self._history_due: dict[str, int] = {}  # fund -> ms when its next raw entry is due
+        self._fund_history_due: dict[str, int] = {}  # fund -> ms when its next raw entry is due
         self.sequences_loaded = False
         self._pipe = CommandPipe(endpoint, clock)
         # The directory is one key for every shard: on a cluster it is in another slot, maybe
@@ -261,7 +251,7 @@ class RedisPublisher:
             await self._open()
         transaction = _Transaction()
         for s in series:
-            transaction.add(b"HGET", self._names.of(s)[0], b"seq")
+            transaction.add(b"HGET", self.keys.index(s).encode(), b"seq")
         for f in funds:
             transaction.add(b"HGET", self._names.of_fund(f)[0], b"seq")
         series = [*series, *funds]
@@ -490,7 +480,7 @@ class RedisPublisher:
             if isinstance(record, NavRecord):
                 stream, row = names.navs(record.fund), nav_row(record)
             else:
-                stream, row = names.of(record.series)[4], close_row(record)
+                stream, row = names.closes(record.series), close_row(record)
             first.add(b"EVALSHA", self._close_sha, b"1", stream,
                       b"%d" % max(record.close_ns // 1_000_000, 0), b"%d" % CLOSES_MAXLEN,
                       *row)  # fmt: skip
@@ -506,7 +496,7 @@ class RedisPublisher:
         now_ms = publish_ns // 1_000_000
         policy = self.history
         history_cutoff = b"%d" % max(0, now_ms - policy.retention_ms)
-        seqs, due = self._seq, self._history_due
+        seqs, due = self._seq, self._fund_history_due
         current = first
         # One P:levels message per transaction: the JSON objects of its series (and funds).
         said: list[bytes] = []
@@ -576,7 +566,7 @@ class RedisPublisher:
             self._pipe.retarget(await self._route(self.keys.lease()))
         await self._pipe.open()
         self.levels.connected()
-        self._history_due.clear()
+        self._fund_history_due.clear()
         try:
             actions = await self._pipe.call(pack(b"SCRIPT", b"LOAD", ACTIONS_LUA))
             state = await self._pipe.call(pack(b"SCRIPT", b"LOAD", STATE_LUA))
