@@ -59,7 +59,16 @@ def running_service(
     config = write_service_config(tmp_path, mosquitto.url, redis_server.url)
     with streamer_process(["run", "--config", str(config.path)], {}, tmp_path) as process:
         wait_for("/healthz", lambda: http_get(f"{config.metrics_url}/healthz")[0] == 200 or None)
+        # /healthz answers before the MQTT session subscribes, and a tick published before that
+        # is not ours to receive: wait until the only thing /readyz misses is a level.
+        wait_for("subscribed to the broker", lambda: awaiting_only_levels(config.metrics_url))
         yield ServiceUnderTest(config, process, mosquitto)
+
+
+def awaiting_only_levels(metrics_url: str) -> bool | None:
+    status, body = http_get(f"{metrics_url}/readyz")
+    problems = body.decode().strip().split("; ")
+    return status == 200 or all(p.startswith("no level yet") for p in problems) or None
 
 
 @pytest.fixture
