@@ -133,4 +133,9 @@ class SeriesMetrics:
 
     def text(self) -> bytes:
         """Every family as rendered last (empty before the first refresh)."""
-        return b"".join(self._text.values())
+        return b"".join(self.parts())
+
+    def parts(self) -> list[bytes]:
+        """:meth:`text` a family at a time, uncopied: a page of 2-4 MB built anew for every
+        scrape cost the event loop 1-4 ms in fresh memory alone."""
+        return list(self._text.values())

@@ -36,7 +36,7 @@ from streamer.config import Settings, redact_url
 from streamer.endpoints import parse_listen_address, parse_redis_url
 from streamer.engine import BatchResult, Engine, LevelColumns
 from streamer.engine.funds import FundLevel
-from streamer.engine.snapshot import restore
+from streamer.engine.snapshot import Identity, identities, restore
 from streamer.errors import StateError, StreamerError
 from streamer.fund_metrics import render as render_fund_metrics
 from streamer.fund_outputs import fund_directory
@@ -70,7 +70,7 @@ WATCHDOG_GRACE_S = 2.0
 ADVANCE_INTERVAL_S = 0.1
 GAUGE_REFRESH_S = 1.0
 # /metrics pages are written in slices of this size, the event loop free between them.
-HTTP_WRITE_SLICE = 256 * 1024
+HTTP_WRITE_SLICE = 64 * 1024
 # At most this many raw messages are decoded per step, so one step never holds the loop long.
 STEP_MESSAGES = 50_000
 # Feed delay is a distribution: past this many ticks per batch it is estimated from a sample.
@@ -102,16 +102,24 @@ class Service:
         registry: CollectorRegistry | None = None,
         clock: Callable[[], int] = time.time_ns,
         handle_signals: bool = True,
+        freeze_heap: bool = False,
         reset_indices: Iterable[str] = (),
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.handle_signals = handle_signals
+        self.freeze_heap = freeze_heap
         self.reset_indices = frozenset(reset_indices)
         self.metrics = Metrics(registry)
         self.sessions = session_rules(settings)
-        self.engine = self._engine()  # from the config; replaced by a restored one in run()
-        self.series_metrics = SeriesMetrics(self.engine.series_ids, settings.metrics.series)
+        # The engine and its pipeline are made by the restore (see `engine`): from the stored
+        # state on a restart, from the config the first time.
+        self._engine_in_use: Engine | None = None
+        self._pipeline_in_use: Pipeline | None = None
+        self._identities_once: list[Identity] | None = None
+        self.series_metrics = SeriesMetrics(
+            [sid for d in settings.indices for sid in d.series_ids()], settings.metrics.series
+        )
         self.inbox = RawInbox(settings.mqtt.max_payload_bytes, clock)
         self._bad_input = ThrottledLog(input_log)
         self.outbox = Outbox()
@@ -132,12 +140,11 @@ class Service:
         self.restored = False
         self._own_checkpoint = True
         self.restoring = True
-        self.pipeline = self._pipeline(0)
         self.checkpoints: Checkpoints = Checkpoints()
         self.checkpointer: Checkpointer | None = None
         self.mqtt = MqttIngest(settings.mqtt, self.inbox, self.metrics)
         self.publish_loop = self._publish_loop()
-        self.metrics.queue_depth.set_function(lambda: len(self.pipeline) + len(self.inbox))
+        self.metrics.queue_depth.set_function(self._queue_depth)
         self._stop: asyncio.Event | None = None
         self._abandon = False
         self._failure: BaseException | None = None
@@ -148,6 +155,32 @@ class Service:
         self.started = asyncio.Event()
 
     # ------------------------------------------------------------------ construction
+
+    @property
+    def engine(self) -> Engine:
+        """The engine in use.  The restore sets it; asked for before that (an in-process caller
+        of a service not run), it is the config's.  Built once: at 10,000 indices an engine
+        takes most of a second, and a restart used to build the config's only to replace it."""
+        if self._engine_in_use is None:
+            self._engine_in_use = self._engine()
+        return self._engine_in_use
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline_in_use is None:
+            self._pipeline_in_use = self._pipeline(0)
+        return self._pipeline_in_use
+
+    def _queue_depth(self) -> int:
+        pipeline = self._pipeline_in_use  # none while restoring: nothing queued past the inbox
+        return (len(pipeline) if pipeline is not None else 0) + len(self.inbox)
+
+    def _identities(self) -> list[Identity]:
+        """The definitions' identities, for the restore and the checkpoints: computed once
+        (10,000 fingerprints take 0.1 s)."""
+        if self._identities_once is None:
+            self._identities_once = identities(self.settings.indices)
+        return self._identities_once
 
     def _engine(self, **restored: Any) -> Engine:
         s = self.settings
@@ -260,11 +293,12 @@ class Service:
             reset=self.reset_indices,
             start_ns=start,
             funds=s.funds,
+            identities=self._identities(),
         )
-        self.engine = self._engine(state=state)
+        self._engine_in_use = self._engine(state=state)
         if not wall:
-            self.engine.now = start
-        self.pipeline = self._pipeline(start if not wall else 0)
+            self._engine_in_use.now = start
+        self._pipeline_in_use = self._pipeline(start if not wall else 0)
         self.restored = True
         meta = stored.meta
         # Our broker session is expected back only if we wrote what we restored (or an older
@@ -319,7 +353,7 @@ class Service:
         if s.state.store != "none":
             self.checkpointer = Checkpointer(
                 self.engine.state,
-                s.indices,
+                self._identities(),
                 int(s.state.checkpoint_interval_s * 1e9),
                 writer=s.mqtt.client_id,
             )
@@ -435,6 +469,12 @@ class Service:
                 return
             stop_wait.cancel()
             restoring.result()  # a StateError stops the start here
+            if self.freeze_heap:
+                # The universe, the engine's arrays and the imported modules live as long as
+                # the process: out of the collector's way (after the restore, which builds the
+                # engine), a collection only walks what is young.
+                gc.collect()
+                gc.freeze()
             log.info(
                 "service started",
                 extra={
@@ -481,9 +521,9 @@ class Service:
                 await self.redis.aclose()
         if self._failure is not None:
             raise ServiceFailedError(f"a service task failed: {self._failure!r}"[:300])
-        log.info(
-            "service stopped", extra={"fields": {"ticks_applied": self.pipeline.ticks_applied}}
-        )
+        pipeline = self._pipeline_in_use  # none when stopped while restoring
+        applied = pipeline.ticks_applied if pipeline is not None else 0
+        log.info("service stopped", extra={"fields": {"ticks_applied": applied}})
 
     def _loops(self, server: asyncio.Server) -> dict[str, Coroutine[Any, Any, None]]:
         loops = {
@@ -758,7 +798,9 @@ class Service:
             age = (self.clock() - checkpointer.last_taken_ns) / 1e9
             if age > 3 * self.settings.state.checkpoint_interval_s + 5:
                 problems.append(f"last checkpoint {age:.0f} s ago")
-        missing = [s for s in self.engine.series_ids if self.engine.level_of(s) is None]
+        if self.restoring:
+            return problems  # no engine to ask yet
+        missing = self.engine.series_without_level()
         if missing:
             problems.append("no level yet: " + ",".join(missing[:10]))
         return problems
@@ -786,16 +828,18 @@ class Service:
             status, content_type, body = self._route(method, path)
             head = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                f"Content-Length: {sum(map(len, body))}\r\nConnection: close\r\n\r\n"
             ).encode("latin-1")
             writer.write(head)
             if method != "HEAD":
-                # A large page (1-2 MB at 10,000 series) goes out a slice at a time, the event
-                # loop free between them: one write copied it whole while everything waited.
-                view = memoryview(body)
-                for lo in range(0, len(view), HTTP_WRITE_SLICE):
-                    writer.write(view[lo : lo + HTTP_WRITE_SLICE])
-                    await writer.drain()
+                # A large page (2-4 MB at 10,000 series) goes out part by part, a slice at a
+                # time, never joined, the event loop free between slices: one write copied
+                # it whole while everything waited.
+                for part in body:
+                    view = memoryview(part)
+                    for lo in range(0, len(view), HTTP_WRITE_SLICE):
+                        writer.write(view[lo : lo + HTTP_WRITE_SLICE])
+                        await writer.drain()
             await writer.drain()
         except (TimeoutError, OSError):
             pass
@@ -804,27 +848,28 @@ class Service:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
+    def _route(self, method: str, path: str) -> tuple[str, str, list[bytes]]:
+        """(status, content type, the body in parts)."""
         text = "text/plain; charset=utf-8"
         if method not in ("GET", "HEAD"):
-            return "405 Method Not Allowed", text, b"method not allowed\n"
+            return "405 Method Not Allowed", text, [b"method not allowed\n"]
         if path == "/metrics":
             self.metrics.flush()
-            page = (
-                generate_latest(self.metrics.registry)
-                + self.series_metrics.text()
-                + self._fund_metrics_text
-            )
+            page = [
+                generate_latest(self.metrics.registry),
+                *self.series_metrics.parts(),
+                self._fund_metrics_text,
+            ]
             return "200 OK", CONTENT_TYPE_LATEST, page
         if path == "/healthz":
-            return "200 OK", text, b"ok\n"
+            return "200 OK", text, [b"ok\n"]
         if path == "/readyz":
             problems = self.readiness()
             if problems:
-                return "503 Service Unavailable", text, ("; ".join(problems) + "\n").encode()
+                return "503 Service Unavailable", text, [("; ".join(problems) + "\n").encode()]
             # Leader and standby are both healthy; the body says which.
-            return "200 OK", text, f"ready: {self.publish_loop.role}\n".encode()
-        return "404 Not Found", text, b"not found\n"
+            return "200 OK", text, [f"ready: {self.publish_loop.role}\n".encode()]
+        return "404 Not Found", text, [b"not found\n"]
 
 
 def run_service(settings: Settings, reset_indices: Iterable[str] = ()) -> int:
@@ -838,11 +883,7 @@ def run_service(settings: Settings, reset_indices: Iterable[str] = ()) -> int:
         pass
 
     async def main() -> None:
-        service = Service(settings, reset_indices=reset_indices)
-        # The universe, the engine's arrays and the imported modules live as long as the
-        # process: out of the collector's way, a collection only walks what is young.
-        gc.collect()
-        gc.freeze()
+        service = Service(settings, reset_indices=reset_indices, freeze_heap=True)
         await service.run()
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:

@@ -208,6 +208,6 @@ def _report(summary: _Summary, engine: Engine, err: TextIO) -> None:
         + (f", rejected: {rejected}" if rejected else "")
         + "\n"
     )
-    unpublished = [s for s in engine.series_ids if engine.level_of(s) is None]
+    unpublished = engine.series_without_level()
     if unpublished:
         err.write(f"calc: no level yet (prices or FX missing): {', '.join(unpublished)}\n")

@@ -22,7 +22,12 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from streamer.config import KNOWN_CURRENCIES, IndexDefinition, QualitySettings
+from streamer.config import (
+    KNOWN_CURRENCIES,
+    IndexDefinition,
+    QualitySettings,
+    check_definitions,
+)
 from streamer.engine import kernels
 from streamer.engine.actions import apply_action
 from streamer.engine.adjust import audit_records, continuous_divisors
@@ -54,7 +59,6 @@ from streamer.engine.schedule import (
 from streamer.engine.state import EngineState
 from streamer.engine.universe import SymbolBook, Universe
 from streamer.engine.weighting import WEIGHTINGS, Weighting
-from streamer.errors import ConfigError
 from streamer.fund_config import Basket, FundDefinition
 from streamer.wire import (
     Action,
@@ -82,38 +86,6 @@ MAX_APPLIED_IDS = 1_000_000
 
 
 VARIANT_ROWS = {"price": 0, "total": 1, "net": 2}
-
-
-def check_definitions(definitions: Sequence[IndexDefinition]) -> None:
-    """Cross-index checks of a universe: one currency and one seed price per symbol."""
-    # The common case in a few set operations: each symbol with exactly one currency and at
-    # most one distinct seed price.  Otherwise the loop below finds (and names) the problem.
-    symbols = {c.symbol for d in definitions for c in d.constituents}
-    currencies = {(c.symbol, c.currency or d.currency) for d in definitions for c in d.constituents}
-    seeds = {
-        (c.symbol, c.price) for d in definitions for c in d.constituents if c.price is not None
-    }
-    if len(currencies) == len(symbols) and len(seeds) == len({symbol for symbol, _ in seeds}):
-        return
-    currency: dict[str, tuple[str, str]] = {}
-    seed: dict[str, tuple[float, str]] = {}
-    for d in definitions:
-        where = d.source or d.id
-        for c in d.constituents:
-            code = c.currency or d.currency
-            known = currency.setdefault(c.symbol, (code, where))
-            if known[0] != code:
-                raise ConfigError(
-                    f"{where}: field `constituents[{c.symbol}].currency`: "
-                    f"{code} here but {known[0]} in another index"
-                )
-            if c.price is not None:
-                first = seed.setdefault(c.symbol, (c.price, where))
-                if not math.isclose(first[0], c.price, rel_tol=1e-12):
-                    raise ConfigError(
-                        f"{where}: field `constituents[{c.symbol}].price`: "
-                        f"{c.price} here but {first[0]} in {first[1]}"
-                    )
 
 
 def _int_column(values: list[int | None], missing: int) -> I64:
@@ -255,7 +227,7 @@ class Engine:
         self._gate_layout = -1  # the universe layout the session gate was computed for
         self._result: BatchResult | None = None  # the batch being applied (closes report here)
         self.now = start_ns  # the latest market time the engine was given
-        check_definitions(self.definitions)
+        check_definitions(definitions)  # a no-op for the tuple load_settings checked
         # Index funds: baskets over the same symbols; None when none is configured, so the
         # hot paths pay one attribute test.
         self.funds: FundBook | None = None
@@ -1351,6 +1323,12 @@ class Engine:
             self.universe.members.count.take(js) if len(js) else np.zeros(0, np.int64),
             deviation,
         )
+
+    def series_without_level(self) -> list[str]:
+        """The series :meth:`level_of` has no level for (no divisor yet: prices or FX
+        missing), in series order, a column at a time: ``/readyz`` asks at every probe."""
+        missing = np.isnan(self.divisor[self._series_index])
+        return [str(s) for s in self._series_names[missing].tolist()]
 
     def level_of(self, series: str) -> float | None:
         slot = self._series_by_id.get(series)

@@ -24,7 +24,6 @@ Restoring reconciles the stored state with the config, never silently mixing the
 from __future__ import annotations
 
 import hashlib
-import math
 import sys
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -282,8 +281,10 @@ def restore(
     reset: Collection[str] = (),
     start_ns: int = 0,
     funds: Sequence[FundDefinition] = (),
+    identities: Sequence[Identity] | None = None,
 ) -> tuple[EngineState, Reconciliation]:
     """The state to run ``definitions`` with, from a snapshot taken under an earlier config.
+    ``identities``: theirs, when the caller has them (the checkpointer needs them too).
 
     Raises :class:`StateError` (one line) for an unknown format, parts that do not belong
     together, or an index whose definition changed and that is not in ``reset``.
@@ -303,6 +304,7 @@ def restore(
     report = Reconciliation()
     problems = []
     kept: dict[int, int] = {}  # new index slot -> stored position
+    fingerprints = [i.fingerprint for i in identities] if identities is not None else None
     for j, d in enumerate(definitions):
         if d.id not in stored:
             report.fresh.append(d.id)
@@ -312,7 +314,7 @@ def restore(
             report.reset.append(d.id)
             report.fresh.append(d.id)
             continue
-        if record.fingerprint != fingerprint(d):
+        if record.fingerprint != (fingerprints[j] if fingerprints is not None else fingerprint(d)):
             problems.append(_difference(record, d))
             continue
         kept[j] = position
@@ -330,7 +332,15 @@ def restore(
         for name, fill in MARKET_COLUMNS.items()
     }
     grown: dict[str, list[float | int]] = {name: [] for name in MARKET_COLUMNS}
-    for d in definitions:
+    stored_symbols = len(names)
+    seeded: list[int] = []  # stored symbols the config gives a seed price, and the prices
+    seeds: list[float] = []
+    # A kept index's symbols and their currencies are in its fingerprint, so in the stored
+    # state already: it is looked at only for seed prices, if a stored symbol has none.
+    unpriced_stored = bool(np.isnan(columns["price"]).any())
+    for j, d in enumerate(definitions):
+        if j in kept and not unpriced_stored:
+            continue
         for c in d.constituents:
             currency = c.currency or d.currency
             k = position_of.get(c.symbol)
@@ -349,9 +359,15 @@ def restore(
                     f"{currency} in {d.source or d.id}; run `streamer state reset` to start "
                     "afresh"
                 )
-            elif c.price is not None and math.isnan(columns["price"][k]):
-                columns["price"][k] = c.price
-                columns["fresh_ns"][k] = start_ns
+            elif c.price is not None and k < stored_symbols:
+                seeded.append(k)
+                seeds.append(c.price)
+    if seeded:
+        # A stored symbol never priced takes the config's seed price (the first given).
+        ks, first = np.unique(np.array(seeded, dtype=np.int64), return_index=True)
+        unpriced = np.isnan(columns["price"][ks])
+        columns["price"][ks[unpriced]] = np.array(seeds)[first[unpriced]]
+        columns["fresh_ns"][ks[unpriced]] = start_ns
     for name, values in grown.items():
         if values:
             columns[name] = np.concatenate([columns[name], np.array(values, columns[name].dtype)])
@@ -391,10 +407,9 @@ def restore(
     universe = Universe(
         [d.currency for d in definitions], [WEIGHTINGS[d.method] for d in definitions]
     )
+    configured_series = {series for d in definitions for series in d.series_ids()}
     references = {
-        series: value
-        for series, value in m.references.items()
-        if any(series in d.series_ids() for d in definitions)
+        series: value for series, value in m.references.items() if series in configured_series
     }
     universe.load(names, currencies, columns, member_columns, m.fx_rates, m.fx_ts)
 

@@ -376,11 +376,21 @@ class Universe:
         for js in by_weighting.values():
             rows = np.isin(index, js)
             q[rows] = self.weightings[js[0]].q(shares[rows], iwf[rows], awf[rows])
-        # FX slots per (constituent currency, index currency) pair, not per entry.
+        fx_slot = self._fx_slots(book.currency, sids, index)
+        self.members.append(
+            sid=sids, index=index, shares=shares, iwf=iwf, awf=awf,
+            withholding=withholding, q=q, fx_slot=fx_slot,
+        )  # fmt: skip
+        return True
+
+    def _fx_slots(self, symbol_currencies: Sequence[str], sids: I64, index: I64) -> I64:
+        """Each entry's FX slot, found per (constituent currency, index currency) pair rather
+        than per entry (400,000 entries, a handful of pairs)."""
         codes: dict[str, int] = {}
         symbol_code = np.fromiter(
-            (codes.setdefault(c, len(codes)) for c in book.currency), np.int64, len(book)
-        )
+            (codes.setdefault(c, len(codes)) for c in symbol_currencies), np.int64,
+            len(symbol_currencies),
+        )  # fmt: skip
         index_code = np.fromiter(
             (codes.setdefault(c, len(codes)) for c in self.index_currencies), np.int64,
             len(self.index_currencies),
@@ -392,12 +402,8 @@ class Universe:
             [self.fx.slot(names[k // len(names)], names[k % len(names)]) for k in pairs.tolist()],
             dtype=np.int64,
         )
-        fx_slot = slots[positions.reshape(-1)]
-        self.members.append(
-            sid=sids, index=index, shares=shares, iwf=iwf, awf=awf,
-            withholding=withholding, q=q, fx_slot=fx_slot,
-        )  # fmt: skip
-        return True
+        fx_slot: I64 = slots[positions.reshape(-1)]
+        return fx_slot
 
     def _new_members(
         self,
@@ -536,13 +542,7 @@ class Universe:
             self.fx.update(pair, rate, fx_ts.get(pair, 0))
         sid = members["sid"].astype(np.int64)
         index = members["index"].astype(np.int64)
-        fx_slot = np.array(
-            [
-                self.fx.slot(currencies[s], self.index_currencies[j])
-                for s, j in zip(sid.tolist(), index.tolist(), strict=True)
-            ],
-            dtype=np.int64,
-        )
+        fx_slot = self._fx_slots(currencies, sid, index)
         self.fx.refresh()
         self.members = Membership()
         self.members.append(**{**members, "sid": sid, "index": index, "fx_slot": fx_slot})

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import msgspec
 
-from streamer.config import IndexDefinition
 from streamer.engine import snapshot
 from streamer.engine.state import EngineState
 
@@ -59,13 +58,13 @@ class Checkpointer:
     def __init__(
         self,
         state: EngineState,
-        definitions: Sequence[IndexDefinition],
+        identities: Sequence[snapshot.Identity],
         interval_ns: int,
         writer: str = "",
     ) -> None:
         self._state = state
         self._writer = writer
-        self._identities = snapshot.identities(definitions)
+        self._identities = identities  # snapshot.identities of the engine's definitions
         self.interval_ns = interval_ns
         self.durable_revision = -1  # revision of the last structure made durable
         self.last_taken_ns = 0  # wall clock of the last checkpoint made durable

@@ -233,6 +233,21 @@ BAD_CASES: dict[str, BadCase] = {
         "indices/cap.toml",
         "`constituents[DDD].currency`",
     ),
+    # Across indices (checked at load, so before any connection): one currency and one seed
+    # price per symbol.
+    "symbol_in_two_currencies": BadCase(
+        replaced("indices/cap.csv", "AAA,1000000,1.0,1.0,USD", "AAA,1000000,1.0,1.0,EUR"),
+        "indices/px.toml",
+        "`constituents[AAA].currency`",
+    ),
+    "symbol_with_two_seed_prices": BadCase(
+        {
+            **GOOD_FILES,
+            "indices/px2.toml": PX_TOML.replace('"PX"', '"PX2"').replace("100.0", "101.0"),
+        },
+        "indices/px2.toml",
+        "`constituents[AAA].price`",
+    ),
     "unknown_variant": BadCase(
         replaced("indices/cap.toml", '"net"]', '"gross"]'), "indices/cap.toml", "variants"
     ),

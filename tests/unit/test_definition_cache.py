@@ -19,7 +19,8 @@ def _universe(directory: Path, indices: int) -> Path:
             f'id = "IX{k}"\nmethod = "cap"\nbase_value = 1000.0\nconstituents = "IX{k}.csv"\n'
         )
         (directory / "indices" / f"IX{k}.csv").write_text(
-            f"symbol,shares,iwf,price\nS{k},1e9,0.5,10.0\nS{k + 1},2e9,1.0,20.0\n"
+            # One seed price per symbol across indices (load_settings checks it)
+            f"symbol,shares,iwf,price\nS{k},1e9,0.5,{10.0 + k}\nS{k + 1},2e9,1.0,{11.0 + k}\n"
         )
     path = directory / "service.toml"
     path.write_text('indices = ["indices/*.toml"]\n')
@@ -52,7 +53,7 @@ def test_an_edited_csv_is_read_again(tmp_path: Path, cache_home: dict[str, str])
     path = _universe(tmp_path / "u", 4)
     load_settings(path, cache_home)
     csv = tmp_path / "u" / "indices" / "IX2.csv"
-    csv.write_text("symbol,shares,iwf,price\nS2,1e9,0.5,10.0\nNEW,3e9,1.0,30.0\n")
+    csv.write_text("symbol,shares,iwf,price\nS2,1e9,0.5,12.0\nNEW,3e9,1.0,30.0\n")
     stat = csv.stat()
     os.utime(csv, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     settings = load_settings(path, cache_home)

@@ -191,6 +191,7 @@ def test_base_value_sets_the_divisor_at_the_first_complete_prices() -> None:
     )
     assert engine.level_of("BV") is None
     assert engine.level_of("BV.TR") is None
+    assert engine.series_without_level() == ["BV", "BV.TR"]
     assert engine.levels() == []
     assert engine.series_levels() == {}
 
@@ -205,6 +206,7 @@ def test_base_value_sets_the_divisor_at_the_first_complete_prices() -> None:
     assert sorted(result.changed) == ["BV", "BV.TR"]
     assert level(engine, "BV") == pytest.approx(1000.0, rel=REL)
     assert level(engine, "BV.TR") == pytest.approx(1000.0, rel=REL)
+    assert engine.series_without_level() == []
     [pr] = engine.levels(["BV"])
     assert pr.divisor == pytest.approx(divisor, rel=REL)
     assert pr.prev_close == pytest.approx(1000.0, rel=REL)

@@ -153,3 +153,22 @@ def test_pending_actions_and_added_members_survive() -> None:
     assert after.series_levels() == pytest.approx(e.series_levels(), rel=REL)
     [record] = after.advance(at(100)).audit
     assert record.action_id == "split-B"
+
+
+def test_seed_prices_of_added_indices_price_new_and_unpriced_stored_symbols() -> None:
+    # C is stored but never priced (PXC is waiting for it); N is new and in two added indices.
+    waiting = index("PXC", "price", member("A", 100.0), member("C"), divisor=1.0)
+    before = running(px(), waiting)
+    assert before.level_of("PXC") is None
+    added = (
+        index("N1", "price", member("N", 7.0), member("B", 50.0), divisor=1.0),
+        index("N2", "price", member("N", 7.0), member("C", 3.0), divisor=1.0),
+    )
+    seeded_waiting = index("PXC", "price", member("A", 100.0), member("C", 3.0), divisor=1.0)
+    after, report = resume(stored(before, px(), waiting), px(), seeded_waiting, *added)
+    assert report.kept == ["PX", "PXC"] and report.fresh == ["N1", "N2"]
+    assert after.price_of("N") == 7.0
+    assert after.price_of("C") == 3.0  # the config's seed, as the stored state had none
+    assert after.price_of("A") == 51.0  # a stored price is not replaced by a seed
+    assert after.series_without_level() == []
+    assert after.level_of("N2") == pytest.approx(7.0 + 3.0, rel=REL)
