@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
+import itertools
 import math
+import operator
 import os
 import re
 import tomllib
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import msgspec.inspect
+import msgspec.structs
 import numpy as np
 
 from streamer.endpoints import parse_listen_address, parse_mqtt_url, parse_redis_url
@@ -255,7 +258,9 @@ class GatewaySettings(_Section, frozen=True, forbid_unknown_fields=True, kw_only
         return f"GatewaySettings(listen={self.listen!r}, redis_url={redact_url(self.redis_url)!r})"
 
 
-class ConstituentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class ConstituentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Positional construction (in this field order) is what lets a CSV of 400,000 memberships
+    # become constituents a column at a time: keywords cost four times as much per row.
     symbol: str
     shares: float = 1.0
     iwf: float = 1.0
@@ -421,9 +426,8 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         if not matched:
             raise source.error("indices", f"no file matches {pattern!r}")
         files.extend(Path(m) for m in matched)
-    definitions = _load_indices(
-        list(dict.fromkeys(files)), _definition_cache_path(cfg_path, environ)
-    )
+    loaded = _load_indices(list(dict.fromkeys(files)), _definition_cache_path(cfg_path, environ))
+    definitions = loaded.definitions
     if parsed.mqtt.tick_topics == "constituents":
         for definition in definitions:
             for spec in definition.constituents:
@@ -442,7 +446,11 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
                 )
             seen[series] = definition.source
     indices = tuple(definitions)
-    check_definitions(indices)
+    if loaded.checked_before:
+        _last_checked[:] = [indices]
+    else:
+        check_definitions(indices)
+    loaded.save()  # only now: a cache holds a universe that passed the checks
     funds = _load_funds(parsed.funds, cfg_path, source, definitions)
     if parsed.mqtt.tick_topics == "constituents":
         for fund in funds:
@@ -528,12 +536,22 @@ def _definition_cache_path(cfg_path: Path, environ: Mapping[str, str]) -> Path:
     return root / "streamer" / f"indices-{digest}.msgpack"
 
 
-def _load_indices(files: list[Path], cache_path: Path) -> list[IndexDefinition]:
+@dataclass
+class _LoadedIndices:
+    definitions: list[IndexDefinition]
+    # Every file as the cache has it: the same universe as when the cache was written, which
+    # was after it passed the cross-index checks (at 10,000 indices, 0.1 s of a restart).
+    checked_before: bool
+    save: Callable[[], None]  # writes the cache, if anything changed
+
+
+def _load_indices(files: list[Path], cache_path: Path) -> _LoadedIndices:
     """Every index file loaded, each from the cache when it and its CSV are unchanged (same
-    modification time, size and inode, the test of `make` and of Python's bytecode cache); the
-    cache is rewritten when any was not.  A cache that cannot be read or written is ignored."""
+    modification time, size and inode, the test of `make` and of Python's bytecode cache).
+    ``save`` rewrites the cache when any was not; a cache that cannot be read or written is
+    ignored."""
     if len(files) < DEFINITION_CACHE_MIN_FILES:
-        return [load_index(f) for f in files]
+        return _LoadedIndices([load_index(f) for f in files], False, lambda: None)
     loader = _loader_identity()
     cached: dict[str, _CachedIndex] = {}
     try:
@@ -563,7 +581,10 @@ def _load_indices(files: list[Path], cache_path: Path) -> list[IndexDefinition]:
             definition, csv_name, csv_stamp = _load_index_file(f)
             entry = _CachedIndex(str(f), stamp, str(csv_name or ""), csv_stamp, definition)
         entries.append(entry)
-    if changed:
+
+    def save() -> None:
+        if not changed:
+            return
         try:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             partial = cache_path.with_suffix(f".{os.getpid()}.tmp")
@@ -571,7 +592,8 @@ def _load_indices(files: list[Path], cache_path: Path) -> list[IndexDefinition]:
             os.replace(partial, cache_path)
         except OSError:
             pass
-    return [e.definition for e in entries]
+
+    return _LoadedIndices([e.definition for e in entries], not changed, save)
 
 
 def load_index(path: Path) -> IndexDefinition:
@@ -690,7 +712,7 @@ def _constituents_plainly_valid(constituents: Sequence[ConstituentSpec]) -> bool
     """True when every constituent passes every check of :func:`validate_index`, checked a
     column at a time (the checks one by one cost ~10 us per constituent: at 400,000
     memberships, seconds of start-up).  False means look closer, not necessarily invalid."""
-    symbols = [c.symbol for c in constituents]
+    symbols = list(map(_SYMBOL, constituents))
     joined = "".join(symbols)
     if (
         len(set(symbols)) != len(symbols)
@@ -699,28 +721,28 @@ def _constituents_plainly_valid(constituents: Sequence[ConstituentSpec]) -> bool
         or max(map(len, symbols)) > MAX_SYMBOL_LENGTH
     ):
         return False
-    n = len(constituents)
-    shares = np.fromiter((c.shares for c in constituents), np.float64, n)
-    iwf = np.fromiter((c.iwf for c in constituents), np.float64, n)
-    awf = np.fromiter((c.awf for c in constituents), np.float64, n)
-    withholding = np.fromiter((c.withholding for c in constituents), np.float64, n)
-    prices = [c.price for c in constituents]
-    currencies = {c.currency for c in constituents} - {None}
-    with np.errstate(invalid="ignore"):
-        numbers_ok = bool(
-            (np.isfinite(shares) & (shares > 0.0)).all()
-            and (np.isfinite(iwf) & (iwf > 0.0) & (iwf <= 1.0)).all()
-            and (np.isfinite(awf) & (awf > 0.0)).all()
-            and (np.isfinite(withholding) & (withholding >= 0.0) & (withholding < 1.0)).all()
-        )
-    if not numbers_ok or not currencies <= KNOWN_CURRENCIES:
+    if not set(map(_CURRENCY, constituents)) - {None} <= KNOWN_CURRENCIES:
         return False
-    given = [x for x in prices if x is not None]
-    if given:
-        price = np.array(given, dtype=np.float64)
-        if not (np.isfinite(price) & (price > 0.0)).all():
-            return False
-    return True
+    # One matrix, one pair of bounds per column (NaN fails every comparison); a missing price
+    # becomes NaN, so the prices out of bounds must be exactly the missing ones.
+    numbers = np.array(list(map(_NUMBERS, constituents)), dtype=np.float64)
+    inside = (numbers >= _NUMBERS_LOWEST) & (numbers < _NUMBERS_ABOVE)
+    if not inside[:, :-1].all():
+        return False
+    missing_prices = list(map(_PRICE, constituents)).count(None)
+    return int(np.count_nonzero(~inside[:, -1])) == missing_prices
+
+
+# A constituent's fields, read with one C call per constituent.
+_SYMBOL = operator.attrgetter("symbol")
+_CURRENCY = operator.attrgetter("currency")
+_PRICE = operator.attrgetter("price")
+_NUMBERS = operator.attrgetter("shares", "iwf", "awf", "withholding", "price")
+# validate_index's ranges as lowest <= x < above: shares, awf and price finite and positive,
+# iwf in (0, 1], withholding in [0, 1).
+_SMALLEST = np.nextafter(0.0, 1.0)
+_NUMBERS_LOWEST = np.array([_SMALLEST, _SMALLEST, _SMALLEST, 0.0, _SMALLEST])
+_NUMBERS_ABOVE = np.array([np.inf, np.nextafter(1.0, 2.0), np.inf, 1.0, np.inf])
 
 
 def validate_symbol(symbol: str) -> str | None:
@@ -1047,10 +1069,11 @@ _CSV_COLUMNS = ("symbol", "shares", "iwf", "awf", "currency", "withholding", "pr
 
 def _read_constituents_csv(path: Path) -> tuple[ConstituentSpec, ...]:
     text = _read_text(path, "constituents CSV file")
+    lines: list[str] | None = None
     if '"' not in text:
         # No quoting: the csv module's rows are the lines split at commas.
-        rows = [line.split(",") for line in text.splitlines()]
-        rows = [r for r in rows if r != [""] and not r[0].startswith("#")]
+        lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+        rows = [line.split(",") for line in lines[:1]]  # the header; the rest only if needed
     else:
         try:
             rows = [r for r in csv.reader(text.splitlines()) if r and not r[0].startswith("#")]
@@ -1067,9 +1090,15 @@ def _read_constituents_csv(path: Path) -> tuple[ConstituentSpec, ...]:
                 f"{path}: line 1: unknown column `{h if h.isprintable() else repr(h)}` "
                 f"(known: {', '.join(_CSV_COLUMNS)})"
             )
-    fast = _plain_constituents(header, rows[1:])
+    if lines is not None:
+        cells = _cells_of_lines(lines[1:], len(header))
+    else:
+        cells = _cells_of_rows(rows[1:], len(header))
+    fast = _plain_constituents(header, cells) if cells is not None else None
     if fast is not None:
         return fast
+    if lines is not None:
+        rows = [line.split(",") for line in lines]
     out: list[ConstituentSpec] = []
     for lineno, row in enumerate(rows[1:], start=2):
         if len(row) > len(header):
@@ -1097,32 +1126,55 @@ def _read_constituents_csv(path: Path) -> tuple[ConstituentSpec, ...]:
     return tuple(out)
 
 
-def _plain_constituents(
-    header: list[str], rows: list[list[str]]
-) -> tuple[ConstituentSpec, ...] | None:
-    """The constituents of rows that need no checking cell by cell (every row as long as the
-    header, no empty cell, every number a plain float), converted a column at a time; None
-    when a row needs the careful path (which then names the line and field at fault).
-    Converting row by row cost ~8 us per constituent: seconds at 400,000 memberships."""
-    width = len(header)
-    if not rows or len(set(header)) != width or any(len(row) != width for row in rows):
+def _cells_of_lines(lines: list[str], width: int) -> list[list[str]] | None:
+    """The columns' cells of unquoted lines, or None unless every line has ``width`` cells.
+    One split of the joined lines and a slice per column: split line by line, the lists
+    of 400,000 rows took longer than all the rest."""
+    if not lines or set(map(str.count, lines, itertools.repeat(","))) != {width - 1}:
         return None
-    columns: list[list[Any]] = []
+    cells = ",".join(lines).split(",")
+    return [cells[k::width] for k in range(width)]
+
+
+def _cells_of_rows(rows: list[list[str]], width: int) -> list[list[str]] | None:
+    """The columns' cells of parsed (quoted) rows, or None unless every row has ``width``."""
+    if not rows or any(len(row) != width for row in rows):
+        return None
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+# ConstituentSpec's fields in order, each with its default (the symbol has none: the header
+# always starts with it).
+_CONSTITUENT_FIELDS = tuple((f.name, f.default) for f in msgspec.structs.fields(ConstituentSpec))
+
+
+def _plain_constituents(
+    header: list[str], cells: list[list[str]]
+) -> tuple[ConstituentSpec, ...] | None:
+    """The constituents of columns that need no checking cell by cell (no empty cell, every
+    number a plain float), converted a column at a time; None when a row needs the careful
+    path (which then names the line and field at fault).  Converting row by row cost ~8 us
+    per constituent: seconds at 400,000 memberships."""
+    if len(set(header)) != len(header):
+        return None
+    columns: dict[str, list[Any]] = {}
     try:
-        for name, cells in zip(header, zip(*rows, strict=True), strict=True):
+        for name, column_cells in zip(header, cells, strict=True):
             if name in ("symbol", "currency"):
-                column: list[Any] = [cell.strip() for cell in cells]
+                column: list[Any] = list(map(str.strip, column_cells))
                 if not all(column):
                     return None
             else:
-                column = list(map(float, cells))  # float() itself ignores surrounding blanks
-            columns.append(column)
+                column = list(map(float, column_cells))  # float() itself ignores blanks
+            columns[name] = column
     except ValueError:  # an empty cell or not a number
         return None
-    return tuple(
-        ConstituentSpec(**dict(zip(header, values, strict=True)))
-        for values in zip(*columns, strict=True)
-    )
+    n = len(cells[0])
+    in_field_order = [
+        columns[name] if name in columns else itertools.repeat(default, n)
+        for name, default in _CONSTITUENT_FIELDS
+    ]
+    return tuple(map(ConstituentSpec, *in_field_order))
 
 
 def _apply_env_overrides(

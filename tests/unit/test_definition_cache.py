@@ -71,3 +71,35 @@ def test_an_unreadable_cache_is_ignored(tmp_path: Path, cache_home: dict[str, st
     for cached in (tmp_path / "cache" / "streamer").glob("*.msgpack"):
         cached.write_bytes(b"not msgpack")
     assert load_settings(path, cache_home).indices == first.indices
+
+
+def test_a_universe_failing_the_cross_index_checks_is_not_cached_as_checked(
+    tmp_path: Path, cache_home: dict[str, str]
+) -> None:
+    path = _universe(tmp_path / "u", 4)
+    # S2 is in IX1 and IX2: a second, different seed price for it.
+    (tmp_path / "u" / "indices" / "IX2.csv").write_text(
+        "symbol,shares,iwf,price\nS2,1e9,0.5,99.0\nS3,2e9,1.0,13.0\n"
+    )
+    for _ in range(2):  # the second load finds every file as the first left it
+        with pytest.raises(ConfigError, match=r"constituents\[S2\]\.price"):
+            load_settings(path, cache_home)
+
+
+def test_an_unchanged_cached_universe_skips_the_cross_index_checks_an_edit_runs_them(
+    tmp_path: Path, cache_home: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _universe(tmp_path / "u", 4)
+    first = load_settings(path, cache_home)
+
+    def refuse(definitions: object) -> None:
+        raise ConfigError("checked again")
+
+    monkeypatch.setattr(config, "check_definitions", refuse)
+    assert load_settings(path, cache_home).indices == first.indices  # as checked when cached
+    csv = tmp_path / "u" / "indices" / "IX3.csv"
+    stat = csv.stat()
+    csv.write_text("symbol,shares,iwf,price\nS3,1e9,0.5,13.0\nS4,2e9,1.0,14.0\n")
+    os.utime(csv, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(ConfigError, match="checked again"):
+        load_settings(path, cache_home)
